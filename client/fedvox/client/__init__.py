@@ -1,0 +1,1 @@
+"""The fedvox site client: data -> trainer -> runner -> connection (gRPC, dial-out only)."""

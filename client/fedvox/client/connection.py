@@ -1,0 +1,116 @@
+"""The site's only link to the server: one dial-out channel with retry and backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+from fedvox.v1 import federation_pb2 as pb
+from fedvox.v1 import federation_pb2_grpc as pb_grpc
+from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# transient failures worth retrying; anything else is the server refusing us
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+
+class ServerUnreachable(Exception):
+    """The server stayed unreachable for longer than the connect timeout."""
+
+
+class Connection:
+    def __init__(
+        self,
+        address: str,
+        site_id: str,
+        *,
+        give_up_after_s: float = 600.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.site_id = site_id
+        self.give_up_after_s = give_up_after_s
+        self.max_backoff_s = max_backoff_s
+        self.channel = grpc.insecure_channel(address, options=_OPTIONS)
+        self.stub = pb_grpc.FederationServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Run `call`, retrying transient failures with capped exponential backoff and jitter."""
+        started, delay = time.monotonic(), 0.5
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in RETRYABLE:
+                    raise
+                if time.monotonic() - started > self.give_up_after_s:
+                    raise ServerUnreachable(
+                        f"{what}: server {self.address} unreachable for "
+                        f"{self.give_up_after_s:.0f}s ({code.name})"
+                    ) from exc
+                log.info("connection: %s failed (%s); retrying in %.1fs", what, code.name, delay)
+                time.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.max_backoff_s)
+
+    def register(self, num_examples: int, info: dict[str, str]) -> pb.RegisterResponse:
+        request = pb.RegisterRequest(site_id=self.site_id, num_examples=num_examples, info=info)
+        return self.retrying("register", lambda: self.stub.Register(request, timeout=30))
+
+    def get_task(self, poll_timeout_s: float) -> pb.GetTaskResponse:
+        request = pb.GetTaskRequest(site_id=self.site_id)
+        return self.retrying(
+            "get task", lambda: self.stub.GetTask(request, timeout=poll_timeout_s + 5)
+        )
+
+    def heartbeat(self, task_id: str, progress: float) -> bool:
+        request = pb.HeartbeatRequest(site_id=self.site_id, task_id=task_id, progress=progress)
+        return bool(self.stub.Heartbeat(request, timeout=10).abort)
+
+    def download(self, digest: str, size: int) -> bytearray:
+        """Fetch a blob into one preallocated buffer, resuming from the last byte on failure."""
+        assembler = BlobAssembler(size, digest, max_chunk=8 * 1024 * 1024)
+
+        def fetch() -> None:
+            request = pb.DownloadRequest(
+                site_id=self.site_id, digest=digest, offset=assembler.received
+            )
+            for chunk in self.stub.Download(request, timeout=600):
+                assembler.add(chunk.offset, chunk.data)
+
+        self.retrying(f"download {digest[:12]}", fetch)
+        return assembler.finish()
+
+    def submit(self, header: pb.SubmitHeader, blob: bytes) -> pb.SubmitResponse:
+        """Upload a result; safe to retry because the server accepts a task's result once."""
+
+        def messages() -> Iterator[pb.SubmitRequest]:
+            yield pb.SubmitRequest(header=header)
+            for offset, data in iter_buffer_chunks(blob):
+                yield pb.SubmitRequest(chunk=pb.SubmitChunk(offset=offset, data=bytes(data)))
+
+        return self.retrying(
+            f"submit {header.task_id[:8]}", lambda: self.stub.Submit(messages(), timeout=600)
+        )

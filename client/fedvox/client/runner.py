@@ -1,0 +1,153 @@
+"""The site's task loop: register, then poll -> download -> train/evaluate -> upload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+
+import grpc
+from fedvox.client.connection import Connection
+from fedvox.client.trainer import TaskAborted, Trainer
+from fedvox.client.weights import delta
+from fedvox.v1 import federation_pb2 as pb
+from fedvox.wire.taskconfig import TaskConfig
+from fedvox.wire.tensors import parse_safetensors, sha256_hex, to_safetensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Heartbeat:
+    """Tells the server we are alive while a task runs, and notices when it says abort."""
+
+    connection: Connection
+    interval_s: float
+    task_id: str = ""
+    progress: float = 0.0
+    abort: bool = False
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if self.connection.heartbeat(self.task_id, self.progress) and self.task_id:
+                    self.abort = True
+            except grpc.RpcError as exc:
+                log.debug("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Runner:
+    def __init__(
+        self,
+        connection: Connection,
+        trainer: Trainer,
+        poll_timeout_s: float = 30.0,
+        info: dict[str, str] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.trainer = trainer
+        self.poll_timeout_s = poll_timeout_s
+        self.info = info or {}
+
+    def run(self) -> int:
+        """Work until the server says STOP; returns the number of tasks completed."""
+        reply = self.connection.register(self.trainer.num_examples, self.info)
+        log.info(
+            "site %s: registered with federation %s (%d training cases)",
+            self.connection.site_id,
+            reply.federation_id,
+            self.trainer.num_examples,
+        )
+        heartbeat = Heartbeat(self.connection, max(reply.heartbeat_interval_seconds, 0.5))
+        self.trainer.abort_requested = lambda: heartbeat.abort
+        done = 0
+        try:
+            while True:
+                task = self.connection.get_task(self.poll_timeout_s).task
+                if task.type == pb.TASK_TYPE_STOP:
+                    log.info("site %s: federation finished, stopping", self.connection.site_id)
+                    return done
+                if task.type in (pb.TASK_TYPE_WAIT, pb.TASK_TYPE_UNSPECIFIED):
+                    continue
+                heartbeat.task_id, heartbeat.progress, heartbeat.abort = task.task_id, 0.0, False
+                try:
+                    self._run_task(task, heartbeat)
+                    done += 1
+                except TaskAborted as exc:
+                    log.warning("site %s: %s", self.connection.site_id, exc)
+                except grpc.RpcError as exc:
+                    # the server refused the result (e.g. the round closed): drop it, poll again
+                    log.warning(
+                        "site %s: task %s refused: %s %s",
+                        self.connection.site_id,
+                        task.task_id[:8],
+                        exc.code().name,
+                        exc.details(),
+                    )
+                finally:
+                    heartbeat.task_id = ""
+        finally:
+            heartbeat.stop()
+
+    def _run_task(self, task: pb.Task, heartbeat: Heartbeat) -> None:
+        config = TaskConfig.from_json(task.config_json)
+        site = self.connection.site_id
+        header = pb.SubmitHeader(site_id=site, task_id=task.task_id, round=task.round)
+        blob = b""
+        if task.type == pb.TASK_TYPE_INIT:
+            log.info("site %s: building the initial model", site)
+            blob = to_safetensors(self.trainer.initial_weights(config))
+            header.kind = pb.PAYLOAD_KIND_FULL
+        else:
+            log.info(
+                "round %d: site %s downloading global model %s (%.1f MB)",
+                task.round,
+                site,
+                task.global_digest[:12],
+                task.global_size / 1e6,
+            )
+            weights = parse_safetensors(
+                self.connection.download(task.global_digest, task.global_size)
+            )
+            if task.type == pb.TASK_TYPE_TRAIN:
+                metrics = self.trainer.evaluate(weights, config, "validation")
+                metrics = {f"global_{k}": v for k, v in metrics.items()}
+                result = self.trainer.train(
+                    weights, config, task.round, lambda p: setattr(heartbeat, "progress", p)
+                )
+                metrics.update(result.metrics)
+                metrics.update(self.trainer.evaluate(result.weights, config, "validation"))
+                blob = to_safetensors(delta(result.weights, weights))
+                header.kind, header.local_steps = pb.PAYLOAD_KIND_DELTA, result.local_steps
+                header.num_examples = result.num_examples
+            else:
+                metrics = {}
+                for split in config.splits:
+                    metrics.update(self.trainer.evaluate(weights, config, split))
+                header.kind = pb.PAYLOAD_KIND_NONE
+            header.metrics.update(metrics)
+            log.info(
+                "round %d: site %s %s",
+                task.round,
+                site,
+                json.dumps({k: round(v, 4) for k, v in metrics.items()}),
+            )
+        if blob:
+            header.digest, header.size = sha256_hex(blob), len(blob)
+        reply = self.connection.submit(header, blob)
+        log.info(
+            "round %d: site %s result %s%s",
+            task.round,
+            site,
+            "accepted" if reply.accepted else "refused",
+            " (duplicate)" if reply.duplicate else "",
+        )

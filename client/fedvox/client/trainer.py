@@ -1,0 +1,207 @@
+"""Local training and evaluation, behind a MONAI-shaped Trainer interface."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fedvox.client.data import Case, evaluation_dataset, load_datalist, training_batches
+from fedvox.client.model import build_model
+from fedvox.client.weights import to_numpy, to_torch
+from fedvox.wire.taskconfig import ModelSpec, TaskConfig, TrainSettings
+from fedvox.wire.tensors import StateDict
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float], None]
+
+
+class TaskAborted(Exception):
+    """The server asked the site to drop its task."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: StateDict
+    num_examples: int
+    local_steps: int
+    metrics: dict[str, float]
+
+
+class Trainer(ABC):
+    """What a site does with weights. The runner handles the wire; this handles the model."""
+
+    # polled between steps; the runner points it at the heartbeat's abort flag
+    abort_requested: Callable[[], bool] = staticmethod(lambda: False)
+
+    @abstractmethod
+    def initial_weights(self, config: TaskConfig) -> StateDict:
+        """Build the model from the spec with the run's seed and return its weights."""
+
+    @abstractmethod
+    def train(
+        self, weights: StateDict, config: TaskConfig, round_: int, progress: Progress
+    ) -> TrainResult:
+        """Train from `weights` for the configured local steps; return the new weights."""
+
+    @abstractmethod
+    def evaluate(self, weights: StateDict, config: TaskConfig, split: str) -> dict[str, float]:
+        """Metrics of `weights` on a local split ("validation" or "test")."""
+
+    @property
+    @abstractmethod
+    def num_examples(self) -> int:
+        """Training examples the site holds (FedAvg's weight)."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _site_seed(site_id: str, seed: int, round_: int) -> int:
+    # zlib.crc32 is stable across processes, unlike hash()
+    return (zlib.crc32(site_id.encode()) + 1_000_003 * seed + 7919 * round_) % (2**31)
+
+
+class MonaiTrainer(Trainer):
+    """A MONAI 3D UNet trained with DiceCE on lesion-balanced patches of the site's CT."""
+
+    def __init__(
+        self, site_id: str, data_root: Path, device: torch.device, cache_rate: float = 1.0
+    ) -> None:
+        self.site_id = site_id
+        self.device = device
+        self.cache_rate = cache_rate
+        self.datalist = load_datalist(data_root)
+        self._batches: tuple[TrainSettings, Iterator[dict[str, torch.Tensor]]] | None = None
+        self._eval_sets: dict[tuple[str, TrainSettings], object] = {}
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.datalist["training"])
+
+    def _model(self, spec: ModelSpec, weights: StateDict | None) -> torch.nn.Module:
+        model = build_model(spec)
+        if weights is not None:
+            model.load_state_dict(to_torch(weights), strict=True)
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        return model
+
+    def initial_weights(self, config: TaskConfig) -> StateDict:
+        torch.manual_seed(config.train.seed)
+        return to_numpy(build_model(config.model).state_dict())
+
+    def _train_batches(self, settings: TrainSettings) -> Iterator[dict[str, torch.Tensor]]:
+        # keep the cached dataset across rounds: only the first epoch reads the files
+        if self._batches is None or self._batches[0] != settings:
+            seed = _site_seed(self.site_id, settings.seed, 0)
+            self._batches = (
+                settings,
+                training_batches(self.datalist["training"], settings, self.cache_rate, seed),
+            )
+        return self._batches[1]
+
+    def train(
+        self, weights: StateDict, config: TaskConfig, round_: int, progress: Progress
+    ) -> TrainResult:
+        settings = config.train
+        torch.manual_seed(_site_seed(self.site_id, settings.seed, round_))
+        model = self._model(config.model, weights)
+        model.train()
+        optimizer: torch.optim.Optimizer
+        if settings.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(
+                model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+            )
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        amp = settings.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        batches = self._train_batches(settings)
+        losses: list[float] = []
+        started = time.monotonic()
+        for step in range(settings.local_steps):
+            if self.abort_requested():
+                raise TaskAborted(f"round {round_} aborted by the server at step {step}")
+            batch = next(batches)
+            image, label = self._inputs(batch["image"]), batch["label"].to(self.device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+                loss = loss_fn(model(image), label)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            progress((step + 1) / max(settings.local_steps, 1))
+        elapsed = time.monotonic() - started
+        metrics = {
+            "train_loss": float(np.mean(losses)) if losses else 0.0,
+            "train_seconds": elapsed,
+        }
+        if settings.local_steps:
+            metrics["volumes_per_second"] = settings.local_steps * settings.batch_size / elapsed
+        return TrainResult(
+            to_numpy(model.state_dict()), self.num_examples, settings.local_steps, metrics
+        )
+
+    def _inputs(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return image
+
+    def evaluate(self, weights: StateDict, config: TaskConfig, split: str) -> dict[str, float]:
+        cases = self.datalist.get(split, [])
+        if not cases:
+            return {}
+        model = self._model(config.model, weights)
+        model.eval()
+        dataset = self._eval_set(split, cases, config.train)
+        metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+        roi = [config.train.patch_size] * 3
+        amp = config.train.amp and self.device.type == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext(),
+        ):
+            for i in range(len(dataset)):  # type: ignore[arg-type]
+                item = dataset[i]  # type: ignore[index]
+                image = self._inputs(item["image"][None])
+                logits = sliding_window_inference(image, roi, 2, model, overlap=0.25)
+                assert isinstance(logits, torch.Tensor)
+                pred = torch.nn.functional.one_hot(logits.argmax(1), 2).permute(0, 4, 1, 2, 3)
+                truth = torch.nn.functional.one_hot(
+                    item["label"][None, 0].long().to(self.device), 2
+                ).permute(0, 4, 1, 2, 3)
+                metric(y_pred=pred, y=truth)
+        scores = metric.aggregate().flatten().tolist()
+        dice = [s for s in scores if not math.isnan(s)]  # cases with no lesion have no Dice
+        prefix = "val" if split == "validation" else split
+        out = {f"{prefix}_cases": float(len(cases))}
+        if dice:
+            out[f"{prefix}_dice"] = float(np.mean(dice))
+        return out
+
+    def _eval_set(self, split: str, cases: list[Case], settings: TrainSettings) -> object:
+        key = (split, settings)
+        if key not in self._eval_sets:
+            self._eval_sets[key] = evaluation_dataset(cases, settings, self.cache_rate)
+        return self._eval_sets[key]

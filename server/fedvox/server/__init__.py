@@ -1,0 +1,1 @@
+"""The fedvox aggregation server: gRPC service, round orchestrator, strategies, store."""

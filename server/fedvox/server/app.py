@@ -1,0 +1,94 @@
+"""Assembles and runs the server: gRPC services, health, reflection, orchestrator thread."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from fedvox.server.config import ServerConfig
+from fedvox.server.orchestrator import Orchestrator
+from fedvox.server.service import AdminService, FederationService
+from fedvox.server.store import Store
+from fedvox.server.strategies import create
+from fedvox.v1 import federation_pb2 as pb
+from fedvox.v1 import federation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+_SERVICES = [
+    pb.DESCRIPTOR.services_by_name[n].full_name for n in ("FederationService", "AdminService")
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    orchestrator: Orchestrator
+    port: int
+    loop: threading.Thread
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.orchestrator.stop()
+        self.server.stop(grace).wait()
+        self.loop.join(timeout=grace)
+
+
+def start(config: ServerConfig) -> RunningServer:
+    config.validate()
+    store = Store(Path(config.state_dir))
+    orchestrator = Orchestrator(config, store, create(config.strategy))
+    max_chunk = config.max_chunk_kb * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_chunk + 64 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_FederationServiceServicer_to_server(
+        FederationService(orchestrator, config.heartbeat_interval_s, max_chunk), server
+    )
+    pb_grpc.add_AdminServiceServicer_to_server(AdminService(orchestrator), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *_SERVICES]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    server.start()
+    loop = threading.Thread(target=orchestrator.run, name="orchestrator", daemon=True)
+    loop.start()
+    log.info(
+        "server: listening on %s:%d, strategy %s, state in %s",
+        config.host,
+        port,
+        config.strategy,
+        config.state_dir,
+    )
+    return RunningServer(server, orchestrator, port, loop)
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully (Docker sends SIGTERM)."""
+    running = start(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("server: signal %d, shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    running.stop()

@@ -1,0 +1,64 @@
+"""Server settings: defaults < YAML (--config) < FEDVOX_SERVER_* environment < CLI flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedvox.wire.settings import load_settings
+from fedvox.wire.taskconfig import ModelSpec, TrainSettings
+
+ENV_PREFIX = "FEDVOX_SERVER_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every server setting; nested sections are YAML mappings."""
+
+    host: str = "0.0.0.0"
+    port: int = 8787
+    state_dir: str = "fedvox-state"
+    rounds: int = 5
+    min_sites: int = 2  # no round starts with fewer live sites
+    fraction: float = 1.0  # share of live sites sampled per round
+    quorum: float = 0.5  # share of sampled sites whose results must arrive
+    round_timeout_s: float = 600.0  # deadline per round; late results are refused
+    poll_timeout_s: float = 10.0  # longest a GetTask long-poll is held
+    heartbeat_interval_s: float = 5.0
+    site_timeout_s: float = 60.0  # silent this long = dead, not waited for
+    seed: int = 0
+    strategy: str = "fedavg"
+    evaluate: bool = True  # test-split evaluation of the initial and final models
+    max_blob_mb: float = 2048.0
+    max_chunk_kb: int = 4096
+    max_workers: int = 128  # gRPC threads; long-polls hold one each
+    allowed_sites: tuple[str, ...] = ()  # empty = any site id may register
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self) -> None:
+        if self.rounds < 0 or self.min_sites < 1:
+            raise ValueError("rounds >= 0 and min_sites >= 1 are required")
+        if not (0 < self.fraction <= 1 and 0 < self.quorum <= 1):
+            raise ValueError("fraction and quorum must lie in (0, 1]")
+        if self.round_timeout_s <= 0 or self.poll_timeout_s <= 0 or self.site_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self.model.validate()
+        self.train.validate()
+
+
+def load_server_config(
+    yaml_path: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    config = load_settings(
+        ServerConfig,
+        yaml_path=yaml_path,
+        env_prefix=ENV_PREFIX,
+        environ=environ,
+        overrides=overrides,
+    )
+    config.validate()
+    return config

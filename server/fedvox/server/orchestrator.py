@@ -1,0 +1,471 @@
+"""The round loop: plan -> publish -> collect until done or deadline -> aggregate -> checkpoint.
+
+Service threads call the public methods (register, next_task, begin_submit,
+accept, heartbeat, status); the loop runs in its own thread. One condition
+variable guards all state, and every wait is bounded so that a dead site can
+only ever cost one round deadline.
+
+Phases of a run: INIT (one site uploads the initial weights, since the server
+holds no torch) -> EVALUATE round 0 on the test split (the baseline) ->
+TRAIN rounds 1..R -> EVALUATE the final model -> done (sites get STOP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fedvox.server.config import ServerConfig
+from fedvox.server.sites import SiteRegistry
+from fedvox.server.store import Store
+from fedvox.server.strategies import Strategy, Update
+from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, SubmitPlan, Task, TaskKind
+from fedvox.wire.errors import WireError, invalid
+from fedvox.wire.taskconfig import TaskConfig
+from fedvox.wire.tensors import Schema, StateDict, check_schema, schema_of
+
+log = logging.getLogger(__name__)
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DELTA_SLACK = 1 << 20  # a delta's header may differ slightly from the global blob's
+
+
+class Stopping(Exception):
+    """Raised inside the loop when the server is shutting down."""
+
+
+@dataclass
+class Result:
+    num_examples: int
+    metrics: dict[str, float]
+    digest: str
+
+
+@dataclass
+class OpenRound:
+    round: int
+    kind: TaskKind
+    tasks: dict[str, Task]  # by task id
+    started: float
+    deadline: float
+    results: dict[str, Result] = field(default_factory=dict)  # by site id
+    init_weights: StateDict | None = None
+
+    def pending_sites(self) -> list[str]:
+        return [t.site_id for t in self.tasks.values() if t.site_id not in self.results]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        strategy: Strategy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.strategy = strategy
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.registry = SiteRegistry(config.site_timeout_s, config.allowed_sites, clock)
+        self.stopping = False
+        self.done = False
+        self.open: OpenRound | None = None
+        self.federation_id = uuid.uuid4().hex[:12]
+        self.completed_round = -1  # -1: no global model yet
+        self.global_weights: StateDict | None = None
+        self.global_digest = ""
+        self.global_size = 0
+        self.schema: Schema = {}
+        self.history: list[dict[str, Any]] = []
+        self.closed_tasks: dict[str, int] = {}  # task id -> round, for precise late-result errors
+        self.accepted: dict[str, str] = {}  # task id -> digest, for idempotent replays
+        self._history_path = store.root / "history.json"
+        self._resume()
+
+    # ---- state on disk ----
+
+    def _resume(self) -> None:
+        checkpoint = self.store.latest()
+        if checkpoint is None:
+            log.info("resume: no checkpoint in %s, starting fresh", self.store.root)
+            return
+        self._set_global(
+            self.store.load_weights(checkpoint),
+            checkpoint.digest,
+            int(checkpoint.meta["global_size"]),
+        )
+        self.strategy.load_state_dict(self.store.load_strategy_state(checkpoint))
+        self.completed_round = checkpoint.round
+        self.federation_id = str(checkpoint.meta.get("federation_id", self.federation_id))
+        if self._history_path.exists():
+            entries = json.loads(self._history_path.read_text())
+            # an entry newer than the checkpoint belongs to a round that will be rerun
+            self.history = [h for h in entries if h["round"] <= checkpoint.round]
+        log.info("resume: continuing after round %d from %s", checkpoint.round, checkpoint.path)
+
+    def _set_global(self, weights: StateDict, digest: str, size: int) -> None:
+        self.global_weights, self.global_digest, self.global_size = weights, digest, size
+        self.schema = schema_of(weights)
+
+    def _save_history(self) -> None:
+        tmp = self._history_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.history, indent=2))
+        os.replace(tmp, self._history_path)
+
+    # ---- called by service threads ----
+
+    def register(self, site_id: str, num_examples: int, info: dict[str, str]) -> None:
+        with self.cond:
+            self.registry.register(site_id, num_examples, info)
+            log.info("sites: %s registered with %d examples", site_id, num_examples)
+            self.cond.notify_all()
+
+    def next_task(self, site_id: str, timeout: float) -> Task | None:
+        """Long-poll: the site's open task, a STOP task when done, or None (= WAIT)."""
+        deadline = self.clock() + min(timeout, self.config.poll_timeout_s)
+        with self.cond:
+            self.registry.touch(site_id)
+            while True:
+                if self.done:
+                    return Task("", TaskKind.STOP, self.completed_round, site_id)
+                task = self._open_task_for(site_id)
+                remaining = deadline - self.clock()
+                if task is not None or self.stopping or remaining <= 0:
+                    return task
+                self.cond.wait(remaining)
+
+    def _open_task_for(self, site_id: str) -> Task | None:
+        if self.open is None or site_id in self.open.results:
+            return None
+        for task in self.open.tasks.values():
+            if task.site_id == site_id:
+                self.registry.sites[site_id].task_id = task.task_id
+                return task
+        return None
+
+    def touch(self, site_id: str) -> None:
+        with self.cond:
+            self.registry.touch(site_id)
+
+    def heartbeat(self, site_id: str, task_id: str, progress: float) -> bool:
+        """Record liveness; True asks the site to abort `task_id` (its round has closed)."""
+        with self.cond:
+            site = self.registry.touch(site_id)
+            site.progress = min(max(progress, 0.0), 1.0)
+            return bool(task_id) and (self.open is None or task_id not in self.open.tasks)
+
+    def blob_path(self, digest: str) -> Path:
+        path = self.store.blob_path(digest)
+        if path is None:
+            raise WireError(grpc.StatusCode.NOT_FOUND, f"no blob with sha256 {digest!r}")
+        return path
+
+    def current_model(self) -> Path:
+        with self.cond:
+            if not self.global_digest:
+                raise WireError(grpc.StatusCode.FAILED_PRECONDITION, "no global model yet")
+            return self.blob_path(self.global_digest)
+
+    def begin_submit(self, header: ResultHeader) -> SubmitPlan:
+        """Check a Submit header before any bytes are read; raises WireError."""
+        with self.cond:
+            self.registry.touch(header.site_id)
+            task = self._task_for_result(header)
+            if header.task_id in self.accepted:
+                if self.accepted[header.task_id] != header.digest:
+                    raise WireError(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"task {header.task_id} already has a different result",
+                    )
+                return SubmitPlan(task, duplicate=True, max_size=0)
+            self._check_header(task, header)
+            max_size = int(self.config.max_blob_mb * 1e6)
+            if task.kind is TaskKind.TRAIN:
+                max_size = min(max_size, self.global_size + _DELTA_SLACK)
+            if header.size > max_size:
+                raise WireError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"declared size {header.size} exceeds the cap of {max_size} bytes",
+                )
+            return SubmitPlan(task, duplicate=False, max_size=max_size)
+
+    def _task_for_result(self, header: ResultHeader) -> Task:
+        if self.open is not None and header.task_id in self.open.tasks:
+            task = self.open.tasks[header.task_id]
+        elif header.task_id in self.closed_tasks:
+            round_ = self.closed_tasks[header.task_id]
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {header.task_id} of round {round_} is closed; late results are refused",
+            )
+        else:
+            raise WireError(grpc.StatusCode.NOT_FOUND, f"unknown task {header.task_id!r}")
+        if task.site_id != header.site_id:
+            raise WireError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {header.task_id} was assigned to another site, not {header.site_id!r}",
+            )
+        if header.round != task.round:
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {header.task_id} belongs to round {task.round}, not {header.round}",
+            )
+        return task
+
+    def _check_header(self, task: Task, header: ResultHeader) -> None:
+        expected = EXPECTED_PAYLOAD[task.kind]
+        if header.payload is not expected:
+            raise invalid(
+                f"a {task.kind} task must upload payload {expected}, not {header.payload}"
+            )
+        if header.num_examples < 0 or header.local_steps < 0:
+            raise invalid("num_examples and local_steps must be >= 0")
+        bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise invalid(f"metric {bad[0]!r} is not finite")
+        if expected is Payload.NONE:
+            if header.size or header.digest:
+                raise invalid("an evaluation result carries no blob: size and digest must be empty")
+        elif not _DIGEST.match(header.digest):
+            raise invalid(f"digest {header.digest!r} is not a lower-case sha256 hex string")
+
+    def accept(self, plan: SubmitPlan, header: ResultHeader, tensors: StateDict) -> bool:
+        """Count a checked result; returns False when it was a replay."""
+        with self.cond:
+            task = self._task_for_result(header)  # the round may have closed during the upload
+            if header.task_id in self.accepted:
+                return False
+            round_ = self.open
+            assert round_ is not None
+            if task.kind is TaskKind.TRAIN:
+                check_schema(tensors, self.schema)
+                self.strategy.accept(
+                    Update(
+                        header.site_id,
+                        header.num_examples,
+                        tensors,
+                        header.local_steps,
+                        dict(header.metrics),
+                    )
+                )
+            elif task.kind is TaskKind.INIT:
+                if not tensors:
+                    raise invalid("initial weights hold no tensors")
+                round_.init_weights = tensors
+            round_.results[header.site_id] = Result(
+                header.num_examples, dict(header.metrics), header.digest
+            )
+            self.accepted[header.task_id] = header.digest
+            site = self.registry.sites[header.site_id]
+            site.last_metrics, site.task_id, site.progress = dict(header.metrics), "", 1.0
+            log.info(
+                "round %d: accepted %s from %s (%d/%d)",
+                task.round,
+                task.kind,
+                header.site_id,
+                len(round_.results),
+                len(round_.tasks),
+            )
+            self.cond.notify_all()
+            return True
+
+    def status(self) -> dict[str, Any]:
+        with self.cond:
+            open_ = self.open
+            phase = "done" if self.done else ("running" if open_ else "waiting-for-sites")
+            return {
+                "federation_id": self.federation_id,
+                "phase": phase,
+                "completed_round": max(self.completed_round, 0),
+                "total_rounds": self.config.rounds,
+                "current_round": open_.round if open_ else 0,
+                "current_kind": str(open_.kind) if open_ else "",
+                "current_results": len(open_.results) if open_ else 0,
+                "current_expected": len(open_.tasks) if open_ else 0,
+                "sites": [
+                    {"site": s, "alive": self.registry.is_alive(s)}
+                    for s in self.registry.sites.values()
+                ],
+                "history": list(self.history),
+                "global_digest": self.global_digest,
+                "strategy": self.strategy.name,
+            }
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        try:
+            while self.global_weights is None:
+                self._run_round(TaskKind.INIT, 0)
+            while self.config.evaluate and not self._evaluated(0):
+                self._run_round(TaskKind.EVALUATE, 0)
+            while self.completed_round < self.config.rounds:
+                self._run_round(TaskKind.TRAIN, self.completed_round + 1)
+            while self.config.evaluate and not self._evaluated(self.config.rounds):
+                self._run_round(TaskKind.EVALUATE, self.config.rounds)
+        except Stopping:
+            log.info("orchestrator: stopping")
+            return
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+        log.info("orchestrator: federation complete after %d rounds", self.completed_round)
+
+    def _evaluated(self, round_: int) -> bool:
+        return any(h["round"] == round_ and h["kind"] == TaskKind.EVALUATE for h in self.history)
+
+    def _run_round(self, kind: TaskKind, round_: int) -> None:
+        """One attempt at a round; returns having either completed it or given it up."""
+        with self.cond:
+            sample = self._wait_and_sample(kind, round_)
+            open_ = self._open_round(kind, round_, sample)
+            log.info(
+                "round %d: %s with %d site(s): %s", round_, kind, len(sample), ", ".join(sample)
+            )
+            while not self._round_over(open_):
+                self.cond.wait(min(1.0, max(open_.deadline - self.clock(), 0.01)))
+            self.open = None
+            self.closed_tasks.update({t: round_ for t in open_.tasks})
+            for site in open_.tasks.values():
+                self.registry.sites[site.site_id].task_id = ""
+            needed = (
+                1 if kind is TaskKind.INIT else max(1, math.ceil(self.config.quorum * len(sample)))
+            )
+            if len(open_.results) < needed:
+                log.warning(
+                    "round %d: %d of %d result(s), quorum is %d: retrying the round",
+                    round_,
+                    len(open_.results),
+                    len(sample),
+                    needed,
+                )
+                return
+            self._complete(open_)
+
+    def _wait_and_sample(self, kind: TaskKind, round_: int) -> list[str]:
+        attempt = sum(1 for t in self.closed_tasks.values() if t == round_)
+        while True:
+            if self.stopping:
+                raise Stopping
+            alive = self.registry.alive_ids()
+            if len(alive) >= self.config.min_sites:
+                break
+            self.cond.wait(1.0)
+        count = (
+            1
+            if kind is TaskKind.INIT
+            else max(self.config.min_sites, math.ceil(self.config.fraction * len(alive)))
+        )
+        # seeded by run seed, round, kind and attempt, so a rerun samples the same sites
+        rng = random.Random(f"{self.config.seed}:{round_}:{kind}:{attempt}")
+        return sorted(rng.sample(alive, min(count, len(alive))))
+
+    def _open_round(self, kind: TaskKind, round_: int, sample: list[str]) -> OpenRound:
+        config = TaskConfig(
+            model=self.config.model,
+            train=self.config.train,
+            splits=self._splits(kind, round_),
+            strategy=self.strategy.client_config(round_),
+        ).to_json()
+        tasks = {}
+        for site in sample:
+            task = Task(
+                uuid.uuid4().hex, kind, round_, site, config, self.global_digest, self.global_size
+            )
+            tasks[task.task_id] = task
+        now = self.clock()
+        self.open = OpenRound(round_, kind, tasks, now, now + self.config.round_timeout_s)
+        if kind is TaskKind.TRAIN:
+            assert self.global_weights is not None
+            self.strategy.begin(self.global_weights)
+        self.cond.notify_all()
+        return self.open
+
+    def _splits(self, kind: TaskKind, round_: int) -> tuple[str, ...]:
+        if kind is not TaskKind.EVALUATE:
+            return ("validation",)
+        return ("test",) if round_ == 0 else ("validation", "test")
+
+    def _round_over(self, open_: OpenRound) -> bool:
+        if self.stopping:
+            raise Stopping
+        pending = open_.pending_sites()
+        if not pending or self.clock() >= open_.deadline:
+            return True
+        # do not wait out the deadline for sites that have stopped heartbeating
+        return not any(self.registry.is_alive(self.registry.sites[s]) for s in pending)
+
+    def _complete(self, open_: OpenRound) -> None:
+        summary = _summary(open_, self.clock() - open_.started)
+        if open_.kind is not TaskKind.EVALUATE:
+            if open_.kind is TaskKind.INIT:
+                assert open_.init_weights is not None
+                weights = open_.init_weights
+            else:
+                weights = self.strategy.finish()
+            checkpoint = self.store.write_checkpoint(
+                open_.round,
+                weights,
+                self.strategy.state_dict(),
+                {
+                    "federation_id": self.federation_id,
+                    "kind": str(open_.kind),
+                    "strategy": self.strategy.name,
+                    "summary": summary,
+                },
+            )
+            # serve the checkpoint file's bytes, not the receive buffer the views point into
+            self._set_global(
+                self.store.load_weights(checkpoint),
+                checkpoint.digest,
+                int(checkpoint.meta["global_size"]),
+            )
+            self.completed_round = open_.round
+        summary["global_digest"] = self.global_digest
+        self.history.append(summary)
+        self._save_history()
+        log.info(
+            "round %d: %s complete in %.1fs; %s",
+            open_.round,
+            open_.kind,
+            summary["duration_seconds"],
+            ", ".join(
+                f"{k}={v:.4f}" for k, v in summary["metrics"].items() if k.startswith("mean/")
+            ),
+        )
+
+
+def _summary(open_: OpenRound, duration: float) -> dict[str, Any]:
+    metrics: dict[str, float] = {}
+    per_name: dict[str, list[float]] = {}
+    for site, result in sorted(open_.results.items()):
+        for name, value in result.metrics.items():
+            metrics[f"{site}/{name}"] = value
+            per_name.setdefault(name, []).append(value)
+    for name, values in per_name.items():
+        metrics[f"mean/{name}"] = sum(values) / len(values)  # unweighted: each site counts once
+    return {
+        "round": open_.round,
+        "kind": str(open_.kind),
+        "sites": sorted(open_.results),
+        "metrics": metrics,
+        "duration_seconds": round(duration, 3),
+    }

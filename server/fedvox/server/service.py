@@ -1,0 +1,232 @@
+"""Thin gRPC adapters: proto in, domain calls on the orchestrator, proto out. No FL maths."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from fedvox.server.orchestrator import Orchestrator
+from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
+from fedvox.v1 import federation_pb2 as pb
+from fedvox.v1 import federation_pb2_grpc as pb_grpc
+from fedvox.wire.chunks import BlobAssembler, iter_file_chunks
+from fedvox.wire.errors import WireError, invalid
+from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_KIND_TO_PB = {
+    TaskKind.WAIT: pb.TASK_TYPE_WAIT,
+    TaskKind.INIT: pb.TASK_TYPE_INIT,
+    TaskKind.TRAIN: pb.TASK_TYPE_TRAIN,
+    TaskKind.EVALUATE: pb.TASK_TYPE_EVALUATE,
+    TaskKind.STOP: pb.TASK_TYPE_STOP,
+}
+_PAYLOAD_FROM_PB = {
+    pb.PAYLOAD_KIND_NONE: Payload.NONE,
+    pb.PAYLOAD_KIND_FULL: Payload.FULL,
+    pb.PAYLOAD_KIND_DELTA: Payload.DELTA,
+}
+
+
+def _rpc_errors(method: F) -> F:
+    """Turn a WireError into the matching gRPC status (also for streaming responses)."""
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except WireError as exc:
+            log.warning("rpc %s refused: %s", method.__name__, exc)
+            context.abort(exc.code, exc.message)
+
+    return unary  # type: ignore[return-value]
+
+
+def _stream_errors(method: F) -> F:
+    @functools.wraps(method)
+    def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except WireError as exc:
+            log.warning("rpc %s refused: %s", method.__name__, exc)
+            context.abort(exc.code, exc.message)
+
+    return stream  # type: ignore[return-value]
+
+
+def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[pb.DownloadResponse]:
+    for offset, data in path_chunks:
+        yield pb.DownloadResponse(offset=offset, data=data, total_size=total)
+
+
+class FederationService(pb_grpc.FederationServiceServicer):
+    def __init__(
+        self, orchestrator: Orchestrator, heartbeat_interval_s: float, max_chunk_bytes: int
+    ) -> None:
+        self.orch = orchestrator
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_chunk_bytes = max_chunk_bytes
+
+    @_rpc_errors
+    def Register(
+        self, request: pb.RegisterRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterResponse:
+        self.orch.register(request.site_id, request.num_examples, dict(request.info))
+        return pb.RegisterResponse(
+            federation_id=self.orch.federation_id,
+            heartbeat_interval_seconds=self.heartbeat_interval_s,
+        )
+
+    @_rpc_errors
+    def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.ServicerContext
+    ) -> pb.GetTaskResponse:
+        remaining = context.time_remaining()
+        timeout = (remaining - 1.0) if remaining is not None else float("inf")
+        task = self.orch.next_task(request.site_id, max(timeout, 0.0))
+        if task is None:
+            return pb.GetTaskResponse(task=pb.Task(type=pb.TASK_TYPE_WAIT), retry_after_seconds=0.5)
+        return pb.GetTaskResponse(task=_task_to_pb(task))
+
+    @_stream_errors
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadResponse]:
+        self.orch.touch(request.site_id)
+        path = self.orch.blob_path(request.digest)
+        yield from _chunks(iter_file_chunks(path, request.offset), path.stat().st_size)
+
+    @_rpc_errors
+    def Submit(
+        self, request_iterator: Iterator[pb.SubmitRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitResponse:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise invalid("the first Submit message must be a header")
+        header = _header_from_pb(first.header)
+        plan = self.orch.begin_submit(header)
+        if plan.duplicate:
+            return pb.SubmitResponse(
+                accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
+            )
+        tensors = self._receive(header, request_iterator)
+        counted = self.orch.accept(plan, header, tensors)
+        return pb.SubmitResponse(
+            accepted=True,
+            duplicate=not counted,
+            message=f"{plan.task.kind} result for round {header.round} accepted",
+        )
+
+    def _receive(self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]) -> StateDict:
+        if header.payload is Payload.NONE:
+            if next(messages, None) is not None:
+                raise invalid("an evaluation result carries no chunks")
+            return {}
+        assembler = BlobAssembler(header.size, header.digest, max_chunk=self.max_chunk_bytes)
+        for message in messages:
+            if not message.HasField("chunk"):
+                raise invalid("only chunks may follow the Submit header")
+            assembler.add(message.chunk.offset, message.chunk.data)
+        tensors = parse_safetensors(assembler.finish())
+        check_finite(tensors)
+        return tensors
+
+    @_rpc_errors
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        abort = self.orch.heartbeat(request.site_id, request.task_id, request.progress)
+        return pb.HeartbeatResponse(abort=abort)
+
+
+class AdminService(pb_grpc.AdminServiceServicer):
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    @_rpc_errors
+    def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatusResponse:
+        return status_to_pb(self.orch.status())
+
+    @_stream_errors
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadResponse]:
+        path = self.orch.current_model()
+        yield from _chunks(iter_file_chunks(path, request.offset), path.stat().st_size)
+
+
+def _task_to_pb(task: Task) -> pb.Task:
+    return pb.Task(
+        task_id=task.task_id,
+        type=_KIND_TO_PB[task.kind],
+        round=task.round,
+        global_digest=task.global_digest,
+        global_size=task.global_size,
+        config_json=task.config_json,
+    )
+
+
+def _header_from_pb(header: pb.SubmitHeader) -> ResultHeader:
+    payload = _PAYLOAD_FROM_PB.get(header.kind)
+    if payload is None:
+        raise invalid(f"unknown payload kind {header.kind}")
+    if header.size < 0:
+        raise invalid(f"negative blob size {header.size}")
+    return ResultHeader(
+        site_id=header.site_id,
+        task_id=header.task_id,
+        round=header.round,
+        payload=payload,
+        num_examples=header.num_examples,
+        digest=header.digest,
+        size=header.size,
+        local_steps=header.local_steps,
+        metrics=dict(header.metrics),
+    )
+
+
+def status_to_pb(status: dict[str, Any]) -> pb.GetStatusResponse:
+    sites = [
+        pb.SiteStatus(
+            site_id=s["site"].site_id,
+            last_seen_unix=s["site"].last_seen,
+            alive=s["alive"],
+            num_examples=s["site"].num_examples,
+            current_task_id=s["site"].task_id,
+            progress=s["site"].progress,
+            last_metrics=s["site"].last_metrics,
+            info=s["site"].info,
+        )
+        for s in status["sites"]
+    ]
+    history = [
+        pb.RoundSummary(
+            round=h["round"],
+            kind=h["kind"],
+            sites=h["sites"],
+            metrics=h["metrics"],
+            global_digest=h.get("global_digest", ""),
+            duration_seconds=h["duration_seconds"],
+        )
+        for h in status["history"]
+    ]
+    return pb.GetStatusResponse(
+        federation_id=status["federation_id"],
+        phase=status["phase"],
+        completed_round=status["completed_round"],
+        total_rounds=status["total_rounds"],
+        current_round=status["current_round"],
+        current_results=status["current_results"],
+        current_expected=status["current_expected"],
+        sites=sites,
+        history=history,
+        global_digest=status["global_digest"],
+        strategy=status["strategy"],
+    )

@@ -1,0 +1,123 @@
+"""Content-addressed global models and atomic per-round checkpoints.
+
+Layout under the state directory:
+
+    checkpoints/round-000003/global.safetensors   the global weights after round 3
+    checkpoints/round-000003/strategy.safetensors the scheme's server state (may be empty)
+    checkpoints/round-000003/round.json           metadata, history, digests
+
+A checkpoint is written into a temporary directory, fsynced, then renamed
+into place, so a crash leaves either the whole round or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, write_safetensors
+
+log = logging.getLogger(__name__)
+_ROUND_DIR = re.compile(r"^round-(\d{6})$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "global.safetensors"
+
+    @property
+    def digest(self) -> str:
+        return str(self.meta["global_digest"])
+
+
+class Store:
+    """Owns the state directory; every global model it serves is a checkpoint file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir
+        self.checkpoints = state_dir / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self._blobs: dict[str, Path] = {}
+
+    def write_checkpoint(
+        self, round_: int, weights: StateDict, strategy_state: StateDict, meta: dict[str, Any]
+    ) -> Checkpoint:
+        final = self.checkpoints / f"round-{round_:06d}"
+        tmp = self.checkpoints / f".tmp-round-{round_:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        digest = write_safetensors(weights, tmp / "global.safetensors")
+        strategy_digest = write_safetensors(strategy_state, tmp / "strategy.safetensors")
+        meta = {
+            **meta,
+            "round": round_,
+            "global_digest": digest,
+            "global_size": (tmp / "global.safetensors").stat().st_size,
+            "strategy_digest": strategy_digest,
+        }
+        _write_json(tmp / "round.json", meta)
+        _fsync_dir(tmp)
+        if final.exists():  # a rerun of a round whose checkpoint a crash left behind
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.checkpoints)
+        checkpoint = Checkpoint(round_, final, meta)
+        self._blobs[digest] = checkpoint.model_path
+        log.info("checkpoint: round %d written to %s (sha256 %s)", round_, final, digest[:12])
+        return checkpoint
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint whose files match their recorded digests."""
+        rounds = sorted(
+            (int(m.group(1)), p)
+            for p in self.checkpoints.iterdir()
+            if (m := _ROUND_DIR.match(p.name))
+        )
+        for round_, path in reversed(rounds):
+            try:
+                meta = json.loads((path / "round.json").read_text())
+                if sha256_hex((path / "global.safetensors").read_bytes()) != meta["global_digest"]:
+                    raise ValueError("global.safetensors does not match its digest")
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("checkpoint: skipping damaged %s: %s", path, exc)
+                continue
+            checkpoint = Checkpoint(round_, path, meta)
+            self._blobs[checkpoint.digest] = checkpoint.model_path
+            return checkpoint
+        return None
+
+    def load_weights(self, checkpoint: Checkpoint) -> StateDict:
+        return parse_safetensors(bytearray(checkpoint.model_path.read_bytes()))
+
+    def load_strategy_state(self, checkpoint: Checkpoint) -> StateDict:
+        return parse_safetensors(bytearray((checkpoint.path / "strategy.safetensors").read_bytes()))
+
+    def blob_path(self, digest: str) -> Path | None:
+        return self._blobs.get(digest)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
