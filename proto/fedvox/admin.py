@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
+
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.tensors import sha256_hex
-from google.protobuf.json_format import MessageToDict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import grpc
+
 from fedvox.admin import download_model
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from fedvox.synth import (
     SiteProfile,
     Split,
     SynthCase,
     Tissue,
+    cli,
     default_profiles,
     generate_federation,
     generate_site,
@@ -24,8 +28,7 @@ from fedvox.synth import (
     site_name,
     synthesize_case,
 )
-from fedvox.synth import cli
-from fedvox.synth.phantom import Grid
+from fedvox.synth.phantom import Anatomy, Ellipsoid, Grid, Lesion, draw_anatomy, render
 
 # Noise-, blur- and offset-free scanner at the reference 3.125 mm spacing.
 CLEAN = SiteProfile(name="site-test", lesion_radius_mm=(8.0, 14.0))
@@ -33,10 +36,17 @@ SIZE = 48  # 4.17 mm voxels: fast, yet every tissue covers many voxels
 TINY = 20  # for on-disk tests
 
 
-def make_case(profile: SiteProfile = CLEAN, *, seed: int = 0, index: int = 0,
-              has_lesion: bool = True, size: int = SIZE) -> SynthCase:
-    return synthesize_case(profile, size=size, seed=seed, split=Split.TRAIN, index=index,
-                           has_lesion=has_lesion)
+def make_case(
+    profile: SiteProfile = CLEAN,
+    *,
+    seed: int = 0,
+    index: int = 0,
+    has_lesion: bool = True,
+    size: int = SIZE,
+) -> SynthCase:
+    return synthesize_case(
+        profile, size=size, seed=seed, split=Split.TRAIN, index=index, has_lesion=has_lesion
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +54,31 @@ def clean_case() -> SynthCase:
     return make_case()
 
 
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return image
+
+
 def load_array(path: Path) -> npt.NDArray[np.generic]:
-    return np.asarray(nib.load(path).dataobj)  # type: ignore[no-untyped-call]
+    return np.asarray(load_nifti(path).dataobj)
 
 
 # --- profiles -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("index", "name"), [(0, "site-a"), (1, "site-b"), (25, "site-z"),
-                                             (26, "site-aa"), (27, "site-ab"), (701, "site-zz"),
-                                             (702, "site-aaa")])
+@pytest.mark.parametrize(
+    ("index", "name"),
+    [
+        (0, "site-a"),
+        (1, "site-b"),
+        (25, "site-z"),
+        (26, "site-aa"),
+        (27, "site-ab"),
+        (701, "site-zz"),
+        (702, "site-aaa"),
+    ],
+)
 def test_site_name_is_spreadsheet_style(index: int, name: str) -> None:
     assert site_name(index) == name
 
@@ -63,8 +88,14 @@ def test_default_profiles_are_deterministic_and_non_iid() -> None:
     assert profiles == default_profiles(4)
     assert default_profiles(6)[:4] == profiles  # adding sites does not change existing ones
     assert [p.name for p in profiles] == ["site-a", "site-b", "site-c", "site-d"]
-    for field in ("hu_offset", "noise_sigma", "blur_sigma_mm", "lesion_prevalence",
-                  "lesion_radius_mm", "spacing"):
+    for field in (
+        "hu_offset",
+        "noise_sigma",
+        "blur_sigma_mm",
+        "lesion_prevalence",
+        "lesion_radius_mm",
+        "spacing",
+    ):
         assert len({getattr(p, field) for p in profiles}) == 4, field
     for p in profiles:
         assert 0.85 * 3.125 <= p.spacing[0] <= 1.25 * 3.125
@@ -79,10 +110,18 @@ def test_iid_profiles_differ_only_by_name() -> None:
     assert len({dataclasses.replace(p, name="x") for p in profiles}) == 1
 
 
-@pytest.mark.parametrize("bad", [{"lesion_prevalence": 1.5}, {"noise_sigma": -1.0},
-                                 {"lesion_radius_mm": (5.0, 3.0)}, {"spacing": (0.0, 1.0, 1.0)},
-                                 {"name": "a/b"}, {"name": ""}])
-def test_profile_rejects_bad_values(bad: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lesion_prevalence": 1.5},
+        {"noise_sigma": -1.0},
+        {"lesion_radius_mm": (5.0, 3.0)},
+        {"spacing": (0.0, 1.0, 1.0)},
+        {"name": "a/b"},
+        {"name": ""},
+    ],
+)
+def test_profile_rejects_bad_values(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(CLEAN, **bad)
 
@@ -90,8 +129,13 @@ def test_profile_rejects_bad_values(bad: dict[str, object]) -> None:
 # --- phantom: tissues and geometry ----------------------------------------------------------
 
 # Independently known CT numbers (HU) of each tissue.
-EXPECTED_HU = {Tissue.BONE: (700, 1500), Tissue.CSF: (0, 15), Tissue.GREY: (35, 45),
-               Tissue.WHITE: (20, 30), Tissue.LESION: (50, 90)}
+EXPECTED_HU = {
+    Tissue.BONE: (700, 1500),
+    Tissue.CSF: (0, 15),
+    Tissue.GREY: (35, 45),
+    Tissue.WHITE: (20, 30),
+    Tissue.LESION: (50, 90),
+}
 
 
 @pytest.mark.parametrize("tissue", list(EXPECTED_HU))
@@ -138,6 +182,38 @@ def test_lesions_replace_brain_never_skull(clean_case: SynthCase) -> None:
     inside = clean_case.label == 1
     assert set(np.unique(twin.tissue[inside])) <= {Tissue.CSF, Tissue.GREY, Tissue.WHITE}
     assert np.array_equal(twin.tissue[~inside], clean_case.tissue[~inside])
+
+
+def sphere_lesion(centre_mm: list[float], radius_mm: list[float]) -> Lesion:
+    blob = Ellipsoid(
+        centre_mm=np.array(centre_mm), rotation=np.eye(3), semi_axes_mm=np.array(radius_mm)
+    )
+    return Lesion(blobs=(blob,), base_hu=70.0)
+
+
+def test_lesion_rasterises_to_its_analytic_volume() -> None:
+    grid = Grid(shape=(100, 100, 100), spacing=(2.0, 2.0, 2.0))
+    anatomy = draw_anatomy(np.random.default_rng(0))
+    phantom = render(anatomy, (sphere_lesion([5.0, -10.0, 8.0], [12.0, 9.0, 7.0]),), grid)
+    volume_mm3 = phantom.label.sum() * 8.0
+    assert volume_mm3 == pytest.approx(4 / 3 * np.pi * 12 * 9 * 7, rel=0.05)
+    assert 64 <= phantom.hu[phantom.label == 1].mean() <= 76  # base 70 HU plus mild texture
+
+
+def test_lesion_reaching_the_skull_is_cut_at_the_inner_table() -> None:
+    grid = Grid(shape=(100, 100, 100), spacing=(2.0, 2.0, 2.0))
+    anatomy: Anatomy = draw_anatomy(np.random.default_rng(1))
+    # Centred 2 mm inside the inner table on the head's anterior axis, 10 mm radius.
+    centre = [0.0, float(anatomy.semi_axes_mm[1]) - anatomy.skull_mm - 2.0, 0.0]
+    with_lesion = render(anatomy, (sphere_lesion(centre, [10.0, 10.0, 10.0]),), grid)
+    without = render(anatomy, (), grid)
+    labelled = with_lesion.label == 1
+    assert labelled.sum() > 10
+    assert not np.isin(without.tissue[labelled], [Tissue.BONE, Tissue.AIR]).any()
+    world_centre = anatomy.rotation @ centre + anatomy.shift_mm
+    x, y, z = grid.world_axes()
+    near = (x - world_centre[0]) ** 2 + (y - world_centre[1]) ** 2 + (z - world_centre[2]) ** 2
+    assert (without.tissue[near < 8.0**2] == Tissue.BONE).any()  # the sphere did reach bone
 
 
 # --- scanner model ------------------------------------------------------------------------
@@ -212,61 +288,79 @@ def test_same_seed_same_arrays_and_other_seeds_differ(clean_case: SynthCase) -> 
     first, again = make_case(noisy), make_case(noisy)
     assert np.array_equal(first.image, again.image)
     assert np.array_equal(first.label, again.label)
-    for other in (make_case(noisy, seed=1), make_case(noisy, index=1),
-                  make_case(dataclasses.replace(noisy, name="site-other"))):
+    for other in (
+        make_case(noisy, seed=1),
+        make_case(noisy, index=1),
+        make_case(dataclasses.replace(noisy, name="site-other")),
+    ):
         assert not np.array_equal(first.image, other.image)
 
 
 # --- on disk ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n_cases", "prevalence", "expected"),
-                         [(0, 0.5, 0), (8, 0.0, 1), (8, 0.5, 4), (8, 1.0, 8), (2, 0.3, 1),
-                          (5, 0.5, 3), (3, 0.99, 3)])
+@pytest.mark.parametrize(
+    ("n_cases", "prevalence", "expected"),
+    [(0, 0.5, 0), (8, 0.0, 1), (8, 0.5, 4), (8, 1.0, 8), (2, 0.3, 1), (5, 0.5, 3), (3, 0.99, 3)],
+)
 def test_lesion_case_count(n_cases: int, prevalence: float, expected: int) -> None:
     assert lesion_case_count(n_cases, prevalence) == expected
 
 
+def read_checked_case(
+    site: Path, entry: dict[str, str], spacing: tuple[float, float, float]
+) -> npt.NDArray[np.generic]:
+    """Load one dataset.json entry, check its NIfTI geometry and dtypes, return the label."""
+    image_nii, label_nii = load_nifti(site / entry["image"]), load_nifti(site / entry["label"])
+    image, label = np.asarray(image_nii.dataobj), np.asarray(label_nii.dataobj)
+    assert image.dtype == np.int16 and label.dtype == np.uint8
+    assert image.shape == label.shape
+    assert np.allclose(image_nii.affine, label_nii.affine)
+    assert np.allclose(np.diag(image_nii.affine)[:3], spacing)
+    assert np.allclose(image_nii.header["pixdim"][1:4], spacing)
+    assert int(image_nii.header["qform_code"]) == int(image_nii.header["sform_code"]) == 1
+    centre = [(n - 1) / 2 for n in image.shape]
+    assert np.allclose(image_nii.affine @ [*centre, 1.0], [0, 0, 0, 1], atol=1e-3)
+    return label
+
+
 @pytest.mark.parametrize(("prevalence", "expected"), [(0.0, (1, 1, 1)), (1.0, (3, 2, 2))])
-def test_generate_site_writes_an_msd_dataset(tmp_path: Path, prevalence: float,
-                                             expected: tuple[int, int, int]) -> None:
+def test_generate_site_writes_an_msd_dataset(
+    tmp_path: Path, prevalence: float, expected: tuple[int, int, int]
+) -> None:
     profile = dataclasses.replace(CLEAN, lesion_prevalence=prevalence, spacing=(3.0, 3.5, 5.0))
-    site = generate_site(tmp_path / "site", profile, n_train=3, n_val=2, n_test=2, size=TINY,
-                         seed=7)
+    site = generate_site(
+        tmp_path / "site", profile, n_train=3, n_val=2, n_test=2, size=TINY, seed=7
+    )
     manifest = json.loads((site / "dataset.json").read_text())
     assert manifest["modality"] == {"0": "CT"}
     assert manifest["labels"] == {"0": "background", "1": "haemorrhage"}
     assert manifest["numTraining"] == 3
     assert manifest["fedvox_profile"] == profile.to_json() and manifest["seed"] == 7
-    spacing = profile.grid_spacing(TINY)
 
     lesion_counts = []
     for key, folder in (("training", "imagesTr"), ("validation", "imagesTr"), ("test", "imagesTs")):
         lesion_cases = 0
         for entry in manifest[key]:
             assert entry["image"].startswith(f"./{folder}/")
-            image_nii = nib.load(site / entry["image"])  # type: ignore[no-untyped-call]
-            label_nii = nib.load(site / entry["label"])  # type: ignore[no-untyped-call]
-            image, label = np.asarray(image_nii.dataobj), np.asarray(label_nii.dataobj)
-            assert image.dtype == np.int16 and label.dtype == np.uint8
-            assert image.shape == label.shape
-            assert np.allclose(image_nii.affine, label_nii.affine)
-            assert np.allclose(np.diag(image_nii.affine)[:3], spacing)
-            assert np.allclose(image_nii.header.get_zooms(), spacing)
-            assert int(image_nii.header["qform_code"]) == int(image_nii.header["sform_code"]) == 1
-            centre = [(n - 1) / 2 for n in image.shape]
-            assert np.allclose(image_nii.affine @ [*centre, 1.0], [0, 0, 0, 1], atol=1e-3)
+            label = read_checked_case(site, entry, profile.grid_spacing(TINY))
             lesion_cases += int(label.any())
             name = Path(entry["image"]).name.removesuffix(".nii.gz")
             assert label.any() == (name in manifest["fedvox_lesion_cases"])
         lesion_counts.append(lesion_cases)
+    # Prevalence 0 still gives every split exactly one lesion case (lesion_case_count's rule).
     assert tuple(lesion_counts) == expected
+
+
+def federate(out_dir: Path, seed: int, progress: Callable[[str], None] | None = None) -> list[Path]:
+    return generate_federation(
+        out_dir, 2, seed=seed, size=TINY, n_train=2, n_val=1, n_test=1, progress=progress
+    )
 
 
 def test_generate_federation_is_idempotent_and_reproducible(tmp_path: Path) -> None:
     messages: list[str] = []
-    kwargs: dict[str, int] = {"size": TINY, "n_train": 2, "n_val": 1, "n_test": 1}
-    dirs = generate_federation(tmp_path / "a", 2, seed=3, progress=messages.append, **kwargs)
+    dirs = federate(tmp_path / "a", 3, messages.append)
     assert [d.name for d in dirs] == ["site-a", "site-b"]
     assert len(messages) == 2 * 4
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.nii.gz"))
@@ -275,18 +369,23 @@ def test_generate_federation_is_idempotent_and_reproducible(tmp_path: Path) -> N
 
     messages.clear()
     (dirs[1] / "dataset.json").unlink()  # an interrupted site is regenerated, the other kept
-    generate_federation(tmp_path / "a", 2, seed=3, progress=messages.append, **kwargs)
+    federate(tmp_path / "a", 3, messages.append)
     assert messages[0] == "site-a: dataset.json exists, skipped" and len(messages) == 1 + 4
-    assert all((tmp_path / "a" / f).stat().st_mtime_ns == stamps[f]
-               for f in files if f.parts[0] == "site-a")
+    assert all(
+        (tmp_path / "a" / f).stat().st_mtime_ns == stamps[f]
+        for f in files
+        if f.parts[0] == "site-a"
+    )
 
-    generate_federation(tmp_path / "b", 2, seed=3, **kwargs)
-    generate_federation(tmp_path / "c", 2, seed=4, **kwargs)
+    federate(tmp_path / "b", 3)
+    federate(tmp_path / "c", 4)
     for f in files:
         same = (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
         assert same, f
-    assert any(not np.array_equal(load_array(tmp_path / "a" / f), load_array(tmp_path / "c" / f))
-               for f in files)
+    assert any(
+        not np.array_equal(load_array(tmp_path / "a" / f), load_array(tmp_path / "c" / f))
+        for f in files
+    )
 
 
 def test_generate_federation_rejects_mismatched_profiles(tmp_path: Path) -> None:
@@ -305,25 +404,47 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_cli_generates_sites_and_reports_each_case(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    args = parse("--out", str(tmp_path), "--sites", "2", "--size", "16", "--train", "1",
-                 "--val", "1", "--test", "1", "--iid")
+def test_cli_generates_sites_and_reports_each_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(
+        "--out",
+        str(tmp_path),
+        "--sites",
+        "2",
+        "--size",
+        "16",
+        "--train",
+        "1",
+        "--val",
+        "1",
+        "--test",
+        "1",
+        "--iid",
+    )
     assert cli.run(args) == 0
     captured = capsys.readouterr()
     assert len(captured.err.strip().splitlines()) == 2 * 3
     assert "site-a, site-b" in captured.out
-    profiles = [json.loads((tmp_path / s / "dataset.json").read_text())["fedvox_profile"]
-                for s in ("site-a", "site-b")]
+    profiles = [
+        json.loads((tmp_path / s / "dataset.json").read_text())["fedvox_profile"]
+        for s in ("site-a", "site-b")
+    ]
     assert {**profiles[0], "name": ""} == {**profiles[1], "name": ""}
 
 
-@pytest.mark.parametrize(("argv", "option"), [(["--sites", "0"], "--sites"),
-                                              (["--size", "8"], "--size"),
-                                              (["--val", "-1"], "--val"),
-                                              (["--seed", "-2"], "--seed")])
-def test_cli_rejects_bad_input_naming_the_option(tmp_path: Path, argv: list[str],
-                                                 option: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--sites", "0"], "--sites"),
+        (["--size", "8"], "--size"),
+        (["--val", "-1"], "--val"),
+        (["--seed", "-2"], "--seed"),
+    ],
+)
+def test_cli_rejects_bad_input_naming_the_option(
+    tmp_path: Path, argv: list[str], option: str
+) -> None:
     with pytest.raises(SystemExit, match=option):
         cli.run(parse("--out", str(tmp_path / "out"), *argv))
     assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
     from fedvox.client.config import load_client_config
     from fedvox.client.connection import Connection, ServerUnreachable
     from fedvox.client.runner import Runner

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from fedvox.wire.taskconfig import TrainSettings
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import (
     Compose,
@@ -20,6 +19,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
     SpatialPadd,
 )
+
+from fedvox.wire.taskconfig import TrainSettings
 
 SPLITS = ("training", "validation", "test")
 Case = dict[str, str]

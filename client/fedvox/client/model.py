@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from fedvox.wire.taskconfig import ModelSpec
 from monai.networks.nets import UNet
+
+from fedvox.wire.taskconfig import ModelSpec
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 import grpc
+
 from fedvox.client.connection import Connection
 from fedvox.client.trainer import TaskAborted, Trainer
 from fedvox.client.weights import delta

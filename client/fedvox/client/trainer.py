@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+
 from fedvox.client.data import Case, evaluation_dataset, load_datalist, training_batches
 from fedvox.client.model import build_model
 from fedvox.client.weights import to_numpy, to_torch
 from fedvox.wire.taskconfig import ModelSpec, TaskConfig, TrainSettings
 from fedvox.wire.tensors import StateDict
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float], None]

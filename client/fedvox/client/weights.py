@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+
 from fedvox.wire.tensors import StateDict
 
 

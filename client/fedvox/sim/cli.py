@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from fedvox.admin import download_model, get_status, status_dict
 from fedvox.sim.processes import free_port, log_tail, spawn, stop, wait_healthy
 from fedvox.sim.report import format_header, format_row, metrics_document
@@ -18,12 +19,12 @@ from fedvox.wire.settings import parse_overrides
 
 # small enough that a 2-core CPU finishes 3 sites x 5 rounds in a few minutes
 SIM_DEFAULTS = {
-    "model.channels": "[8, 16, 32, 64]",
+    "model.channels": "[16, 32, 64, 128]",
     "model.strides": "[2, 2, 2]",
     "model.num_res_units": "1",
-    "train.local_steps": "15",
+    "train.local_steps": "100",
     "train.patch_size": "32",
-    "train.lr": "0.003",
+    "train.lr": "0.01",
     "train.batch_size": "2",
 }
 

@@ -24,6 +24,7 @@ def metrics_document(history: list[dict[str, Any]], settings: dict[str, Any]) ->
     initial: dict[str, float] = {}
     final: dict[str, Any] = {}
     for entry in history:
+        entry = {**entry, "round": int(entry["round"])}  # proto JSON spells int64 as a string
         metrics = entry.get("metrics", {})
         if entry["kind"] == "train":
             rounds.append(

@@ -22,8 +22,9 @@ from enum import IntEnum, StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from fedvox.synth.profiles import FOV_MM, SiteProfile, Spacing
 from scipy import ndimage
+
+from fedvox.synth.profiles import FOV_MM, SiteProfile, Spacing
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -80,8 +81,9 @@ def stable_key(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def seed_sequence(seed: int, site: str, split: Split,
-                  index: int | None = None) -> np.random.SeedSequence:
+def seed_sequence(
+    seed: int, site: str, split: Split, index: int | None = None
+) -> np.random.SeedSequence:
     """Seed of one case (``index`` given) or of a split's lesion plan (``index`` None)."""
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -114,8 +116,10 @@ class Grid:
     def world_axes(self) -> Coords:
         """World mm of voxel centres as three arrays that broadcast to ``shape``."""
         origin = self.affine[:3, 3]
-        x, y, z = (o + s * np.arange(n, dtype=np.float64)
-                   for o, s, n in zip(origin, self.spacing, self.shape, strict=True))
+        x, y, z = (
+            o + s * np.arange(n, dtype=np.float64)
+            for o, s, n in zip(origin, self.spacing, self.shape, strict=True)
+        )
         return x[:, None, None], y[None, :, None], z[None, None, :]
 
 
@@ -127,8 +131,9 @@ class SmoothField:
     phases: FloatArray  # (K,)
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, wavelength_mm: tuple[float, float],
-             n_waves: int = 6) -> SmoothField:
+    def draw(
+        cls, rng: np.random.Generator, wavelength_mm: tuple[float, float], n_waves: int = 6
+    ) -> SmoothField:
         directions = rng.standard_normal((n_waves, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         wavelengths = rng.uniform(*wavelength_mm, size=n_waves)
@@ -141,6 +146,11 @@ class SmoothField:
             total += np.cos(kx * q[0] + ky * q[1] + kz * q[2] + phase)
         # Random phases give each wave variance 1/2, so this scaling makes the field unit-variance.
         return total * math.sqrt(2.0 / len(self.phases))
+
+    @property
+    def bound(self) -> float:
+        """Largest possible absolute value of the field."""
+        return math.sqrt(2.0 * len(self.phases))
 
 
 @dataclass(frozen=True)
@@ -163,12 +173,16 @@ class Ellipsoid:
 
     @property
     def bounding_radius_mm(self) -> float:
-        bulge = 1.0 if self.roughness is None else 1.0 + self.roughness_amplitude * 3.5
-        return float(self.semi_axes_mm.max()) * bulge
+        radius = float(self.semi_axes_mm.max())
+        if self.roughness is None:
+            return radius
+        return radius * (1.0 + self.roughness_amplitude * self.roughness.bound)
 
 
 @dataclass(frozen=True)
 class Lesion:
+    """One haemorrhage: the union of its blobs, with one mean density."""
+
     blobs: tuple[Ellipsoid, ...]
     base_hu: float
 
@@ -217,18 +231,21 @@ class SynthCase:
 def _to_frame(q: Coords, rotation: FloatArray, origin: FloatArray) -> Coords:
     """Coordinates of points ``q`` in the frame whose axes are the columns of ``rotation``."""
     d = (q[0] - origin[0], q[1] - origin[1], q[2] - origin[2])
-    x, y, z = (rotation[0, k] * d[0] + rotation[1, k] * d[1] + rotation[2, k] * d[2]
-               for k in range(3))
+    x, y, z = (
+        rotation[0, k] * d[0] + rotation[1, k] * d[1] + rotation[2, k] * d[2] for k in range(3)
+    )
     return x, y, z
 
 
 def _quaternion_matrix(quaternion: FloatArray) -> FloatArray:
     w, x, y, z = quaternion / np.linalg.norm(quaternion)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _random_rotation(rng: np.random.Generator) -> FloatArray:
@@ -245,17 +262,20 @@ def _small_rotation(rng: np.random.Generator, max_degrees: float) -> FloatArray:
 
 def _draw_ventricles(rng: np.random.Generator) -> tuple[Ellipsoid, ...]:
     scale = rng.uniform(0.6, 1.8)  # enlarged ventricles mimic atrophy / hydrocephalus
-    identity = np.eye(3)
     lateral = [
         Ellipsoid(
             centre_mm=np.array([side * (5.0 + 4.0 * scale), 4.0, 14.0]),
+            # Splayed ~9 degrees apart about the S-I axis, like the frontal horns.
             rotation=_quaternion_matrix(np.array([1.0, 0.0, 0.0, side * 0.08])),
             semi_axes_mm=np.array([2.5 + 4.0 * scale, 18.0 + 4.0 * scale, 3.0 + 4.0 * scale]),
         )
         for side in (-1.0, 1.0)
     ]
-    third = Ellipsoid(centre_mm=np.array([0.0, -2.0, 0.0]), rotation=identity,
-                      semi_axes_mm=np.array([0.8 + 1.2 * scale, 10.0, 7.0]))
+    third = Ellipsoid(
+        centre_mm=np.array([0.0, -2.0, 0.0]),
+        rotation=np.eye(3),
+        semi_axes_mm=np.array([0.8 + 1.2 * scale, 10.0, 7.0]),
+    )
     return (*lateral, third)
 
 
@@ -284,12 +304,17 @@ def _random_direction(rng: np.random.Generator) -> FloatArray:
 
 def _draw_blob(rng: np.random.Generator, centre: FloatArray, radius: float) -> Ellipsoid:
     semi = radius * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 0.9)])
-    return Ellipsoid(centre_mm=centre, rotation=_random_rotation(rng), semi_axes_mm=semi,
-                     roughness=SmoothField.draw(rng, (1.5 * radius, 3.0 * radius)))
+    return Ellipsoid(
+        centre_mm=centre,
+        rotation=_random_rotation(rng),
+        semi_axes_mm=semi,
+        roughness=SmoothField.draw(rng, (1.5 * radius, 3.0 * radius)),
+    )
 
 
-def draw_lesion(rng: np.random.Generator, anatomy: Anatomy,
-                radius_mm: tuple[float, float]) -> Lesion:
+def draw_lesion(
+    rng: np.random.Generator, anatomy: Anatomy, radius_mm: tuple[float, float]
+) -> Lesion:
     """A haemorrhage centred well inside the brain; one or, 35 % of the time, two merged blobs."""
     depth = rng.uniform() ** (1 / 3) * 0.65  # uniform in volume within 65 % of the brain radii
     centre = _random_direction(rng) * depth * anatomy.intracranial_semi_axes_mm
@@ -306,10 +331,17 @@ def _depth_below_surface(q: Coords, anatomy: Anatomy) -> FloatArray:
     r = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2)
     u = [qk / np.maximum(r, 1e-6) for qk in q]
     c = anatomy.shape_coeffs
-    deform = 1.0 + c[0] * u[0] * u[1] + c[1] * u[1] * u[2] + c[2] * u[0] * u[2] \
-        + c[3] * (u[1] ** 2 - u[2] ** 2) + c[4] * u[1]
-    inverse_radius = np.sqrt(sum((uk / s) ** 2 for uk, s in zip(u, anatomy.semi_axes_mm,
-                                                                   strict=True))) * deform
+    deform = (
+        1.0
+        + c[0] * u[0] * u[1]
+        + c[1] * u[1] * u[2]
+        + c[2] * u[0] * u[2]
+        + c[3] * (u[1] ** 2 - u[2] ** 2)
+        + c[4] * u[1]
+    )
+    inverse_radius = (
+        np.sqrt(sum((uk / s) ** 2 for uk, s in zip(u, anatomy.semi_axes_mm, strict=True))) * deform
+    )
     # At the exact head centre u is 0; a huge surface radius there just means "deep inside".
     return np.asarray(1.0 / np.maximum(inverse_radius, 1e-9) - r, dtype=np.float64)
 
@@ -336,14 +368,20 @@ def _lesion_ids(q: Coords, intracranial: BoolArray, lesions: tuple[Lesion, ...])
         for blob in lesion.blobs:
             # Only points near the blob are tested: the field evaluation is the costly part.
             d2 = sum((qk - ck) ** 2 for qk, ck in zip(q, blob.centre_mm, strict=True))
-            near = np.flatnonzero((d2 < blob.bounding_radius_mm ** 2) & intracranial)
+            near = np.flatnonzero((d2 < blob.bounding_radius_mm**2) & intracranial)
             inside = blob.contains((q[0][near], q[1][near], q[2][near]))
             ids[near[inside]] = number
     return ids
 
 
-def _hu_values(tissue: npt.NDArray[np.uint8], depth: FloatArray, texture: FloatArray,
-               lesion_ids: IndexArray, anatomy: Anatomy, lesions: tuple[Lesion, ...]) -> FloatArray:
+def _hu_values(
+    tissue: npt.NDArray[np.uint8],
+    depth: FloatArray,
+    texture: FloatArray,
+    lesion_ids: IndexArray,
+    anatomy: Anatomy,
+    lesions: tuple[Lesion, ...],
+) -> FloatArray:
     hu = np.empty(tissue.shape)
     for code, (mean, amplitude) in _SOFT_TISSUE_HU.items():
         mask = tissue == code
@@ -382,8 +420,9 @@ def render(anatomy: Anatomy, lesions: tuple[Lesion, ...], grid: Grid) -> Phantom
     return Phantom(hu=hu_full, tissue=tissue_full, label=label)
 
 
-def _phantom_with_lesions(rng: np.random.Generator, grid: Grid,
-                          radius_mm: tuple[float, float], has_lesion: bool) -> Phantom:
+def _phantom_with_lesions(
+    rng: np.random.Generator, grid: Grid, radius_mm: tuple[float, float], has_lesion: bool
+) -> Phantom:
     anatomy = draw_anatomy(rng)
     if not has_lesion:
         return render(anatomy, (), grid)
@@ -399,8 +438,9 @@ def _phantom_with_lesions(rng: np.random.Generator, grid: Grid,
     raise RuntimeError("could not place a lesion that covers any voxel centre")
 
 
-def acquire(clean_hu: npt.NDArray[np.float32], grid: Grid, profile: SiteProfile,
-            rng: np.random.Generator) -> npt.NDArray[np.int16]:
+def acquire(
+    clean_hu: npt.NDArray[np.float32], grid: Grid, profile: SiteProfile, rng: np.random.Generator
+) -> npt.NDArray[np.int16]:
     """Scanner model: reconstruction blur, white noise, calibration offset, int16 storage."""
     image = clean_hu.astype(np.float64)
     if profile.blur_sigma_mm > 0:
@@ -412,17 +452,21 @@ def acquire(clean_hu: npt.NDArray[np.float32], grid: Grid, profile: SiteProfile,
     return np.clip(np.rint(image), *HU_STORED_RANGE).astype(np.int16)
 
 
-def synthesize_case(profile: SiteProfile, *, size: int, seed: int, split: Split, index: int,
-                    has_lesion: bool) -> SynthCase:
+def synthesize_case(
+    profile: SiteProfile, *, size: int, seed: int, split: Split, index: int, has_lesion: bool
+) -> SynthCase:
     """Generate one case deterministically from (seed, site name, split, index).
 
-    Anatomy and scanner noise use separate streams, so two profiles that differ only in acquisition
-    settings give the same head and lesions, and the same noise pattern scaled by ``noise_sigma``.
+    Anatomy and scanner noise use separate streams, so profiles that differ only in ``hu_offset``,
+    ``noise_sigma`` or ``blur_sigma_mm`` give the same head and lesions, and the same noise pattern
+    scaled by ``noise_sigma``.
     """
     grid = Grid.for_profile(profile, size)
     anatomy_seed, noise_seed = seed_sequence(seed, profile.name, split, index).spawn(2)
-    phantom = _phantom_with_lesions(np.random.default_rng(anatomy_seed), grid,
-                                    profile.lesion_radius_mm, has_lesion)
+    phantom = _phantom_with_lesions(
+        np.random.default_rng(anatomy_seed), grid, profile.lesion_radius_mm, has_lesion
+    )
     image = acquire(phantom.hu, grid, profile, np.random.default_rng(noise_seed))
-    return SynthCase(image=image, label=phantom.label, clean_hu=phantom.hu,
-                     tissue=phantom.tissue, grid=grid)
+    return SynthCase(
+        image=image, label=phantom.label, clean_hu=phantom.hu, tissue=phantom.tissue, grid=grid
+    )

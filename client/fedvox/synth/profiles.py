@@ -76,8 +76,15 @@ def site_name(index: int) -> str:
 
 # Weyl sequences (fractional parts of i * irrational) spread any number of sites evenly over each
 # parameter range without a random generator, and decorrelate the parameters from each other.
-_WEYL_STEPS = (0.6180339887, 0.4142135624, 0.7320508076, 0.2360679775, 0.7182818285, 0.1415926536,
-               0.6457513111)
+_WEYL_STEPS = (
+    0.6180339887,
+    0.4142135624,
+    0.7320508076,
+    0.2360679775,
+    0.7182818285,
+    0.1415926536,
+    0.6457513111,
+)
 
 
 def _weyl(index: int, dimension: int) -> float:
@@ -99,13 +106,13 @@ def default_profiles(n_sites: int) -> list[SiteProfile]:
     for i in range(n_sites):
         in_plane = REFERENCE_SPACING_MM * _lerp(0.85, 1.25, _weyl(i, 3))
         z_factor = 1.6 if i % 3 == 2 else 1.0
-        min_radius = _lerp(5.0, 9.0, _weyl(i, 5))
+        min_radius = _lerp(7.0, 11.0, _weyl(i, 5))
         profiles.append(
             SiteProfile(
                 name=site_name(i),
                 # Whole-HU offsets shift every stored (rounded) voxel by exactly the offset.
-                hu_offset=float(round(_lerp(-20.0, 30.0, _weyl(i, 0)))),
-                noise_sigma=_lerp(4.0, 30.0, _weyl(i, 1)),
+                hu_offset=float(round(_lerp(-10.0, 15.0, _weyl(i, 0)))),
+                noise_sigma=_lerp(3.0, 15.0, _weyl(i, 1)),
                 blur_sigma_mm=_lerp(0.3, 2.5, _weyl(i, 2)),
                 spacing=(round(in_plane, 3), round(in_plane, 3), round(in_plane * z_factor, 3)),
                 lesion_prevalence=_lerp(0.25, 0.85, _weyl(i, 4)),
@@ -119,6 +126,11 @@ def iid_profiles(n_sites: int) -> list[SiteProfile]:
     """``n_sites`` copies of one mid-range profile that differ only by name (an IID control)."""
     if n_sites < 1:
         raise ValueError(f"n_sites must be >= 1, got {n_sites}")
-    shared = SiteProfile(name=site_name(0), noise_sigma=12.0, blur_sigma_mm=1.0,
-                         lesion_prevalence=0.6, lesion_radius_mm=(6.0, 14.0))
+    shared = SiteProfile(
+        name=site_name(0),
+        noise_sigma=12.0,
+        blur_sigma_mm=1.0,
+        lesion_prevalence=0.6,
+        lesion_radius_mm=(6.0, 14.0),
+    )
     return [dataclasses.replace(shared, name=site_name(i)) for i in range(n_sites)]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+
 from fedvox.wire.errors import WireError, invalid
 
 CHUNK_SIZE = 1024 * 1024  # ~1 MiB measured fastest and stays under gRPC's 4 MiB cap

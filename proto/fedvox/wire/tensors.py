@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from fedvox.wire.errors import invalid
 
 Array = npt.NDArray[np.generic]

@@ -11,6 +11,9 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from fedvox.server.config import ServerConfig
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.service import AdminService, FederationService
@@ -18,8 +21,6 @@ from fedvox.server.store import Store
 from fedvox.server.strategies import create
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 _SERVICES = [

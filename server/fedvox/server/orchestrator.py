@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from fedvox.server.config import ServerConfig
 from fedvox.server.sites import SiteRegistry
 from fedvox.server.store import Store

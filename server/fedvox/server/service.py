@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+
 from fedvox.wire.errors import WireError, invalid
 
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -8,6 +8,7 @@ Server: w_new = w + sum_i n_i * delta_i / sum_i n_i.
 from __future__ import annotations
 
 import numpy as np
+
 from fedvox.server.strategies.base import Strategy, Update
 from fedvox.wire.tensors import StateDict
 
