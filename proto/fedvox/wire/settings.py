@@ -95,7 +95,11 @@ def _set(data: dict[str, Any], dotted: str, value: object, *, from_string: bool)
     *parents, leaf = dotted.split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty YAML section
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"setting {part!r} must be a section (mapping)")
     node[leaf] = ("__str__", value) if from_string else value
 
 
@@ -166,7 +170,9 @@ def _parse_string(hint: Any, text: str, dotted: str) -> Any:
         raise ConfigError(f"setting {dotted!r}: {text!r} is not a boolean")
     if hint is float or hint is int:
         try:
-            number = float(text)
+            number = (
+                int(text) if hint is int and text.strip().lstrip("+-").isdigit() else float(text)
+            )
         except ValueError:
             raise ConfigError(f"setting {dotted!r}: {text!r} is not a number") from None
         return number

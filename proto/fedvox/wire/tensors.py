@@ -80,12 +80,20 @@ def schema_from_json(data: Mapping[str, Mapping[str, object]]) -> Schema:
     return out
 
 
+def _little_endian_contiguous(array: Array) -> Array:
+    # safetensors is little-endian; np.ascontiguousarray would also turn 0-d into shape (1,)
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
 def _header(tensors: Mapping[str, Array]) -> tuple[bytes, list[Array]]:
     meta: dict[str, object] = {}
     arrays: list[Array] = []
     offset = 0
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = _little_endian_contiguous(tensors[name])
         size = array.nbytes
         meta[name] = {
             "dtype": dtype_name(array),

@@ -32,7 +32,7 @@ from fedvox.server.config import ServerConfig
 from fedvox.server.sites import SiteRegistry
 from fedvox.server.store import Store
 from fedvox.server.strategies import Strategy, Update
-from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, SubmitPlan, Task, TaskKind
+from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, Task, TaskKind
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.taskconfig import TaskConfig
 from fedvox.wire.tensors import Schema, StateDict, check_schema, schema_of
@@ -92,7 +92,9 @@ class Orchestrator:
         self.schema: Schema = {}
         self.history: list[dict[str, Any]] = []
         self.closed_tasks: dict[str, int] = {}  # task id -> round, for precise late-result errors
-        self.accepted: dict[str, str] = {}  # task id -> digest, for idempotent replays
+        # task id -> (site, digest) of every counted result, so a replay stays idempotent
+        # even after its round has closed
+        self.accepted: dict[str, tuple[str, str]] = {}
         self._history_path = store.root / "history.json"
         self._resume()
 
@@ -180,18 +182,15 @@ class Orchestrator:
                 raise WireError(grpc.StatusCode.FAILED_PRECONDITION, "no global model yet")
             return self.blob_path(self.global_digest)
 
-    def begin_submit(self, header: ResultHeader) -> SubmitPlan:
-        """Check a Submit header before any bytes are read; raises WireError."""
+    def begin_submit(self, header: ResultHeader) -> bool:
+        """Check a Submit header before any bytes are read; True = a replay of a counted result.
+
+        Raises WireError for anything the upload may not do."""
         with self.cond:
             self.registry.touch(header.site_id)
+            if self._is_replay(header):
+                return True
             task = self._task_for_result(header)
-            if header.task_id in self.accepted:
-                if self.accepted[header.task_id] != header.digest:
-                    raise WireError(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f"task {header.task_id} already has a different result",
-                    )
-                return SubmitPlan(task, duplicate=True, max_size=0)
             self._check_header(task, header)
             max_size = int(self.config.max_blob_mb * 1e6)
             if task.kind is TaskKind.TRAIN:
@@ -201,7 +200,7 @@ class Orchestrator:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"declared size {header.size} exceeds the cap of {max_size} bytes",
                 )
-            return SubmitPlan(task, duplicate=False, max_size=max_size)
+            return False
 
     def _task_for_result(self, header: ResultHeader) -> Task:
         if self.open is not None and header.task_id in self.open.tasks:
@@ -243,12 +242,29 @@ class Orchestrator:
         elif not _DIGEST.match(header.digest):
             raise invalid(f"digest {header.digest!r} is not a lower-case sha256 hex string")
 
-    def accept(self, plan: SubmitPlan, header: ResultHeader, tensors: StateDict) -> bool:
+    def _is_replay(self, header: ResultHeader) -> bool:
+        """True for an exact resend of a counted result; a conflicting one is refused."""
+        if header.task_id not in self.accepted:
+            return False
+        site, digest = self.accepted[header.task_id]
+        if site != header.site_id:
+            raise WireError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {header.task_id} was assigned to another site, not {header.site_id!r}",
+            )
+        if digest != header.digest:
+            raise WireError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"task {header.task_id} already has a different result",
+            )
+        return True
+
+    def accept(self, header: ResultHeader, tensors: StateDict) -> bool:
         """Count a checked result; returns False when it was a replay."""
         with self.cond:
-            task = self._task_for_result(header)  # the round may have closed during the upload
-            if header.task_id in self.accepted:
+            if self._is_replay(header):  # a concurrent upload of the same task won the race
                 return False
+            task = self._task_for_result(header)  # the round may have closed during the upload
             round_ = self.open
             assert round_ is not None
             if task.kind is TaskKind.TRAIN:
@@ -269,7 +285,7 @@ class Orchestrator:
             round_.results[header.site_id] = Result(
                 header.num_examples, dict(header.metrics), header.digest
             )
-            self.accepted[header.task_id] = header.digest
+            self.accepted[header.task_id] = (header.site_id, header.digest)
             site = self.registry.sites[header.site_id]
             site.last_metrics, site.task_id, site.progress = dict(header.metrics), "", 1.0
             log.info(

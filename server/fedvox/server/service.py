@@ -110,17 +110,16 @@ class FederationService(pb_grpc.FederationServiceServicer):
         if first is None or not first.HasField("header"):
             raise invalid("the first Submit message must be a header")
         header = _header_from_pb(first.header)
-        plan = self.orch.begin_submit(header)
-        if plan.duplicate:
+        if self.orch.begin_submit(header):
             return pb.SubmitResponse(
                 accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
             )
         tensors = self._receive(header, request_iterator)
-        counted = self.orch.accept(plan, header, tensors)
+        counted = self.orch.accept(header, tensors)
         return pb.SubmitResponse(
             accepted=True,
             duplicate=not counted,
-            message=f"{plan.task.kind} result for round {header.round} accepted",
+            message=f"result for task {header.task_id} (round {header.round}) accepted",
         )
 
     def _receive(self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]) -> StateDict:

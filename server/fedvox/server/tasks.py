@@ -52,12 +52,3 @@ class ResultHeader:
     size: int
     local_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SubmitPlan:
-    """What the service must check a blob against before handing it over."""
-
-    task: Task
-    duplicate: bool
-    max_size: int

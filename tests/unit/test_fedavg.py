@@ -1,0 +1,167 @@
+"""Tests of FedAvg aggregation and the strategy registry (fedvox.server.strategies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvox.server import strategies
+from fedvox.server.strategies import Update
+from fedvox.server.strategies.fedavg import FedAvg
+from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
+from tests.helpers import f32
+
+
+def global_weights() -> StateDict:
+    return {
+        "w": f32([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+        "b": f32([0.0, 0.0, 0.0]),
+        "n": np.array([10, 0], dtype=np.int64),  # a counter such as num_batches_tracked
+    }
+
+
+# (site, examples, deltas)
+UPDATES: list[tuple[str, int, StateDict]] = [
+    (
+        "a",
+        1,
+        {
+            "w": f32([[0.6, 0.0, -1.2], [0.0, 0.5, 6.0]]),
+            "b": f32([6.0, 0.0, 0.0]),
+            "n": np.array([1, 5], dtype=np.int64),
+        },
+    ),
+    (
+        "b",
+        2,
+        {
+            "w": f32([[0.3, 1.5, 0.0], [-3.0, 0.5, 0.0]]),
+            "b": f32([0.0, 3.0, 0.0]),
+            "n": np.array([2, 0], dtype=np.int64),
+        },
+    ),
+    (
+        "c",
+        3,
+        {
+            "w": f32([[0.0, 0.5, 0.4], [1.0, -1.0, 0.0]]),
+            "b": f32([0.0, 0.0, 2.0]),
+            "n": np.array([4, 1], dtype=np.int64),
+        },
+    ),
+]
+# sum_i n_i * delta_i / 6, worked out by hand:
+#   w: [[1.2, 4.5, 0], [-3, -1.5, 6]] / 6 = [[0.2, 0.75, 0], [-0.5, -0.25, 1]]
+#   b: [6, 6, 6] / 6 = [1, 1, 1]
+#   n: [17, 8] / 6 = [2.83, 1.33] -> rounded [3, 1]
+EXPECTED_W = [[1.2, 2.75, 3.0], [3.5, 4.75, 7.0]]
+EXPECTED_B = [1.0, 1.0, 1.0]
+EXPECTED_N = [13, 1]
+
+
+def fold(strategy: FedAvg, extra: list[Update] | None = None) -> StateDict:
+    strategy.begin(global_weights())
+    for site, examples, deltas in UPDATES:
+        strategy.accept(Update(site, examples, deltas))
+    for update in extra or []:
+        strategy.accept(update)
+    return strategy.finish()
+
+
+def assert_expected(result: StateDict) -> None:
+    assert sorted(result) == ["b", "n", "w"]
+    assert result["w"].dtype == np.float32 and result["b"].dtype == np.float32
+    np.testing.assert_allclose(result["w"].astype(np.float64), EXPECTED_W, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result["b"].astype(np.float64), EXPECTED_B, rtol=1e-6)
+    assert result["n"].dtype == np.int64
+    np.testing.assert_array_equal(result["n"], EXPECTED_N)
+
+
+def test_weighted_mean_of_three_sites() -> None:
+    assert_expected(fold(FedAvg()))
+
+
+def test_order_of_arrival_does_not_matter() -> None:
+    strategy = FedAvg()
+    strategy.begin(global_weights())
+    for site, examples, deltas in reversed(UPDATES):
+        strategy.accept(Update(site, examples, deltas))
+    assert_expected(strategy.finish())
+
+
+def test_update_with_no_examples_is_ignored() -> None:
+    huge: StateDict = {
+        "w": np.full((2, 3), 1e6, dtype=np.float32),
+        "b": np.full(3, 1e6, dtype=np.float32),
+        "n": np.array([1000, 1000], dtype=np.int64),
+    }
+    assert_expected(fold(FedAvg(), [Update("z", 0, huge), Update("neg", -5, huge)]))
+
+
+def test_no_weighted_update_keeps_the_global_model() -> None:
+    strategy = FedAvg()
+    strategy.begin(global_weights())
+    strategy.accept(Update("z", 0, UPDATES[0][2]))
+    result = strategy.finish()
+    for name, array in global_weights().items():
+        np.testing.assert_array_equal(result[name], array)
+
+
+def test_equal_weights_give_the_plain_mean() -> None:
+    strategy = FedAvg()
+    strategy.begin({"x": f32([0.0, 10.0])})
+    strategy.accept(Update("a", 5, {"x": f32([1.0, -2.0])}))
+    strategy.accept(Update("b", 5, {"x": f32([3.0, 4.0])}))
+    np.testing.assert_array_equal(strategy.finish()["x"], [2.0, 11.0])
+
+
+def test_each_round_starts_from_scratch() -> None:
+    strategy = FedAvg()
+    fold(strategy)
+    strategy.begin({"x": f32([1.0])})
+    strategy.accept(Update("a", 2, {"x": f32([0.5])}))
+    assert strategy.finish()["x"].tolist() == [1.5]
+
+
+def test_inputs_are_not_modified() -> None:
+    strategy = FedAvg()
+    base = global_weights()
+    strategy.begin(base)
+    for site, examples, deltas in UPDATES:
+        strategy.accept(Update(site, examples, deltas))
+    strategy.finish()
+    np.testing.assert_array_equal(base["w"], global_weights()["w"])
+    np.testing.assert_array_equal(UPDATES[0][2]["w"], f32([[0.6, 0.0, -1.2], [0.0, 0.5, 6.0]]))
+
+
+def test_state_dict_round_trip(tmp_path: Path) -> None:
+    strategy = FedAvg()
+    fold(strategy)
+    state = strategy.state_dict()
+    assert state == {}  # FedAvg keeps nothing between rounds
+    path = tmp_path / "strategy.safetensors"
+    write_safetensors(state, path)
+    restored = FedAvg()
+    restored.load_state_dict(parse_safetensors(path.read_bytes()))
+    assert_expected(fold(restored))
+
+
+def test_load_state_dict_refuses_foreign_state() -> None:
+    with pytest.raises(ValueError, match=r"fedavg keeps no server state, got \['momentum'\]"):
+        FedAvg().load_state_dict({"momentum": f32([1.0])})
+
+
+def test_registry_creates_fedavg() -> None:
+    strategy = strategies.create("fedavg")
+    assert isinstance(strategy, FedAvg)
+    assert strategy.name == "fedavg"
+    assert strategies.create("fedavg") is not strategy
+
+
+def test_unknown_strategy_lists_known_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: fedavg") as info:
+        strategies.create("nope")
+    for name in strategies.REGISTRY:
+        assert name in str(info.value)
