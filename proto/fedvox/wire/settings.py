@@ -8,6 +8,7 @@ typo or a wrong type fails loudly with the setting's dotted name.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -61,6 +62,27 @@ def load_settings(
             raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}")
         _set(data, key, value, from_string=True)
     return _build(cls, data, "")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, flags: Mapping[str, type]) -> None:
+    """--config, one shortcut flag per entry of `flags`, and the generic repeatable --set."""
+    parser.add_argument("--config", type=Path, help="YAML settings file")
+    for name, kind in flags.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set train.lr=0.01 (repeatable)",
+    )
+
+
+def overrides_from(args: argparse.Namespace, flags: Mapping[str, type]) -> dict[str, str]:
+    """The --set pairs plus the shortcut flags that were given (flags win)."""
+    overrides = parse_overrides(args.set)
+    overrides.update({k: str(getattr(args, k)) for k in flags if getattr(args, k) is not None})
+    return overrides
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
