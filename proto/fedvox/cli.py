@@ -16,6 +16,7 @@ COMMANDS = {
     "simulate": ("fedvox.sim.cli", "run a whole federation on this machine over loopback gRPC"),
     "server": ("fedvox.server.cli", "run the aggregation server"),
     "client": ("fedvox.client.cli", "run one site client"),
+    "strategies": ("fedvox.server.strategies.cli", "list the aggregation schemes and parameters"),
     "synth": ("fedvox.synth.cli", "generate synthetic head CT sites"),
     "status": ("fedvox.admin", "show a running server's rounds, sites and metrics"),
     "download": ("fedvox.admin_download", "download the current global model"),

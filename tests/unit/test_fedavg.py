@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from fedvox.server import strategies
-from fedvox.server.strategies import Update
+from fedvox.server.strategies import RoundContext, Update
 from fedvox.server.strategies.fedavg import FedAvg
 from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
 from tests.helpers import f32
+
+CONTEXT = RoundContext(round=1, sampled=("a", "b", "c"), total_sites=3)
 
 
 def global_weights() -> StateDict:
@@ -62,7 +64,7 @@ EXPECTED_N = [13, 1]
 
 
 def fold(strategy: FedAvg, extra: list[Update] | None = None) -> StateDict:
-    strategy.begin(global_weights())
+    strategy.begin(global_weights(), CONTEXT)
     for site, examples, deltas in UPDATES:
         strategy.accept(Update(site, examples, deltas))
     for update in extra or []:
@@ -85,7 +87,7 @@ def test_weighted_mean_of_three_sites() -> None:
 
 def test_order_of_arrival_does_not_matter() -> None:
     strategy = FedAvg()
-    strategy.begin(global_weights())
+    strategy.begin(global_weights(), CONTEXT)
     for site, examples, deltas in reversed(UPDATES):
         strategy.accept(Update(site, examples, deltas))
     assert_expected(strategy.finish())
@@ -102,7 +104,7 @@ def test_update_with_no_examples_is_ignored() -> None:
 
 def test_no_weighted_update_keeps_the_global_model() -> None:
     strategy = FedAvg()
-    strategy.begin(global_weights())
+    strategy.begin(global_weights(), CONTEXT)
     strategy.accept(Update("z", 0, UPDATES[0][2]))
     result = strategy.finish()
     for name, array in global_weights().items():
@@ -111,7 +113,7 @@ def test_no_weighted_update_keeps_the_global_model() -> None:
 
 def test_equal_weights_give_the_plain_mean() -> None:
     strategy = FedAvg()
-    strategy.begin({"x": f32([0.0, 10.0])})
+    strategy.begin({"x": f32([0.0, 10.0])}, CONTEXT)
     strategy.accept(Update("a", 5, {"x": f32([1.0, -2.0])}))
     strategy.accept(Update("b", 5, {"x": f32([3.0, 4.0])}))
     np.testing.assert_array_equal(strategy.finish()["x"], [2.0, 11.0])
@@ -120,7 +122,7 @@ def test_equal_weights_give_the_plain_mean() -> None:
 def test_each_round_starts_from_scratch() -> None:
     strategy = FedAvg()
     fold(strategy)
-    strategy.begin({"x": f32([1.0])})
+    strategy.begin({"x": f32([1.0])}, CONTEXT)
     strategy.accept(Update("a", 2, {"x": f32([0.5])}))
     assert strategy.finish()["x"].tolist() == [1.5]
 
@@ -128,7 +130,7 @@ def test_each_round_starts_from_scratch() -> None:
 def test_inputs_are_not_modified() -> None:
     strategy = FedAvg()
     base = global_weights()
-    strategy.begin(base)
+    strategy.begin(base, CONTEXT)
     for site, examples, deltas in UPDATES:
         strategy.accept(Update(site, examples, deltas))
     strategy.finish()
@@ -161,7 +163,9 @@ def test_registry_creates_fedavg() -> None:
 
 
 def test_unknown_strategy_lists_known_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown strategy 'nope'; known: fedavg") as info:
+    with pytest.raises(
+        ValueError, match=r"unknown strategy 'nope'; known: fedadagrad, fedadam"
+    ) as info:
         strategies.create("nope")
     for name in strategies.REGISTRY:
         assert name in str(info.value)

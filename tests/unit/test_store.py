@@ -21,7 +21,7 @@ def weights(value: float) -> StateDict:
 
 def write_rounds(store: Store, *rounds: int) -> None:
     for round_ in rounds:
-        store.write_checkpoint(round_, weights(round_), {}, {"kind": "train", "note": round_})
+        store.write_checkpoint(round_, weights(round_), {}, {}, {"kind": "train", "note": round_})
 
 
 def test_latest_is_the_newest_round(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_latest_is_the_newest_round(tmp_path: Path) -> None:
 def test_write_checkpoint_returns_matching_metadata(tmp_path: Path) -> None:
     store = Store(tmp_path)
     state = {"momentum": f32([0.5, -0.5])}
-    checkpoint = store.write_checkpoint(3, weights(3), state, {"kind": "train"})
+    checkpoint = store.write_checkpoint(3, weights(3), state, {}, {"kind": "train"})
     on_disk = json.loads((checkpoint.path / "round.json").read_text())
     assert on_disk == checkpoint.meta
     assert on_disk["global_digest"] == sha256(checkpoint.model_path.read_bytes())
@@ -83,14 +83,14 @@ def test_leftover_temporary_directory_is_ignored(tmp_path: Path) -> None:
     store = Store(tmp_path)
     write_rounds(store, 1)
     # a crash mid-write of round 2 leaves a complete-looking temporary directory behind
-    store.write_checkpoint(2, weights(2), {}, {})
+    store.write_checkpoint(2, weights(2), {}, {}, {})
     final = tmp_path / "checkpoints" / "round-000002"
     final.rename(tmp_path / "checkpoints" / ".tmp-round-000002")
     (tmp_path / "checkpoints" / "stray-file").write_text("x")
     latest = Store(tmp_path).latest()
     assert latest is not None and latest.round == 1
     # rewriting the round replaces the leftover and becomes the latest
-    store.write_checkpoint(2, weights(20), {}, {})
+    store.write_checkpoint(2, weights(20), {}, {}, {})
     assert not (tmp_path / "checkpoints" / ".tmp-round-000002").exists()
     latest = Store(tmp_path).latest()
     assert latest is not None and latest.round == 2
@@ -100,7 +100,7 @@ def test_leftover_temporary_directory_is_ignored(tmp_path: Path) -> None:
 def test_rewriting_a_round_replaces_it(tmp_path: Path) -> None:
     store = Store(tmp_path)
     write_rounds(store, 1)
-    checkpoint = store.write_checkpoint(1, weights(7), {}, {})
+    checkpoint = store.write_checkpoint(1, weights(7), {}, {}, {})
     latest = Store(tmp_path).latest()
     assert latest is not None and latest.digest == checkpoint.digest
     assert_state_equal(store.load_weights(latest), weights(7))

@@ -19,6 +19,12 @@ from fedvox.wire.tensors import parse_safetensors, sha256_hex, to_safetensors
 log = logging.getLogger(__name__)
 
 
+def _is_extra(name: str) -> bool:
+    # scheme tensors published with the model are named "<scheme>.<bundle>/<key>";
+    # torch state-dict keys never contain "/"
+    return "/" in name
+
+
 @dataclass
 class Heartbeat:
     """Tells the server we are alive while a task runs, and notices when it says abort."""
@@ -116,18 +122,21 @@ class Runner:
                 task.global_digest[:12],
                 task.global_size / 1e6,
             )
-            weights = parse_safetensors(
+            published = parse_safetensors(
                 self.connection.download(task.global_digest, task.global_size)
             )
+            # scheme tensors (e.g. SCAFFOLD's c) travel with the model under a prefix
+            weights = {k: v for k, v in published.items() if not _is_extra(k)}
+            extras = {k: v for k, v in published.items() if _is_extra(k)}
             if task.type == pb.TASK_TYPE_TRAIN:
                 metrics = self.trainer.evaluate(weights, config, "validation")
                 metrics = {f"global_{k}": v for k, v in metrics.items()}
                 result = self.trainer.train(
-                    weights, config, task.round, lambda p: setattr(heartbeat, "progress", p)
+                    weights, config, task.round, lambda p: setattr(heartbeat, "progress", p), extras
                 )
                 metrics.update(result.metrics)
                 metrics.update(self.trainer.evaluate(result.weights, config, "validation"))
-                blob = to_safetensors(delta(result.weights, weights))
+                blob = to_safetensors({**delta(result.weights, weights), **result.extras})
                 header.kind, header.local_steps = pb.PAYLOAD_KIND_DELTA, result.local_steps
                 header.num_examples = result.num_examples
             else:

@@ -9,7 +9,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,17 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 
 from fedvox.client.data import Case, evaluation_dataset, load_datalist, training_batches
+from fedvox.client.hooks import (
+    SCAFFOLD_C,
+    SCAFFOLD_DC,
+    SchemeHooks,
+    SchemeTraining,
+    personal_keys,
+)
 from fedvox.client.model import build_model
+from fedvox.client.site_state import SiteState
 from fedvox.client.weights import to_numpy, to_torch
-from fedvox.wire.taskconfig import ModelSpec, TaskConfig, TrainSettings
+from fedvox.wire.taskconfig import TaskConfig, TrainSettings
 from fedvox.wire.tensors import StateDict
 
 log = logging.getLogger(__name__)
@@ -34,10 +42,11 @@ class TaskAborted(Exception):
 
 @dataclass(frozen=True)
 class TrainResult:
-    weights: StateDict
+    weights: StateDict  # the shared keys only: personal layers never leave the site
     num_examples: int
     local_steps: int
     metrics: dict[str, float]
+    extras: StateDict = field(default_factory=dict)  # scheme tensors to upload (SCAFFOLD dc)
 
 
 class Trainer(ABC):
@@ -52,9 +61,14 @@ class Trainer(ABC):
 
     @abstractmethod
     def train(
-        self, weights: StateDict, config: TaskConfig, round_: int, progress: Progress
+        self,
+        weights: StateDict,
+        config: TaskConfig,
+        round_: int,
+        progress: Progress,
+        extras: StateDict | None = None,
     ) -> TrainResult:
-        """Train from `weights` for the configured local steps; return the new weights."""
+        """Train from `weights` (and the scheme's `extras`) for the configured local steps."""
 
     @abstractmethod
     def evaluate(self, weights: StateDict, config: TaskConfig, split: str) -> dict[str, float]:
@@ -81,9 +95,15 @@ class MonaiTrainer(Trainer):
     """A MONAI 3D UNet trained with DiceCE on lesion-balanced patches of the site's CT."""
 
     def __init__(
-        self, site_id: str, data_root: Path, device: torch.device, cache_rate: float = 1.0
+        self,
+        site_id: str,
+        data_root: Path,
+        device: torch.device,
+        cache_rate: float = 1.0,
+        state: SiteState | None = None,
     ) -> None:
         self.site_id = site_id
+        self.state = state or SiteState(Path("fedvox-site-state") / site_id)
         self.device = device
         self.cache_rate = cache_rate
         self.datalist = load_datalist(data_root)
@@ -94,18 +114,29 @@ class MonaiTrainer(Trainer):
     def num_examples(self) -> int:
         return len(self.datalist["training"])
 
-    def _model(self, spec: ModelSpec, weights: StateDict | None) -> torch.nn.Module:
-        model = build_model(spec)
-        if weights is not None:
-            model.load_state_dict(to_torch(weights), strict=True)
+    def _model(self, config: TaskConfig, weights: StateDict) -> tuple[torch.nn.Module, set[str]]:
+        """The global weights plus this site's personal layers; returns the personal keys."""
+        torch.manual_seed(config.train.seed)  # personal layers start as at initialisation
+        model = build_model(config.model)
+        personal = personal_keys(model, SchemeHooks.from_config(config.strategy))
+        expected = set(model.state_dict()) - personal
+        if set(weights) != expected:
+            missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+            raise ValueError(f"global model does not fit: missing {missing[:3]}, extra {extra[:3]}")
+        state = to_torch(weights)
+        if personal:
+            state.update(to_torch(self.state.load("personal") or {}))
+        model.load_state_dict(state, strict=False)
         model = model.to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-        return model
+        return model, personal
 
     def initial_weights(self, config: TaskConfig) -> StateDict:
         torch.manual_seed(config.train.seed)
-        return to_numpy(build_model(config.model).state_dict())
+        model = build_model(config.model)
+        personal = personal_keys(model, SchemeHooks.from_config(config.strategy))
+        return {k: v for k, v in to_numpy(model.state_dict()).items() if k not in personal}
 
     def _train_batches(self, settings: TrainSettings) -> Iterator[dict[str, torch.Tensor]]:
         # keep the cached dataset across rounds: only the first epoch reads the files
@@ -118,20 +149,34 @@ class MonaiTrainer(Trainer):
         return self._batches[1]
 
     def train(
-        self, weights: StateDict, config: TaskConfig, round_: int, progress: Progress
+        self,
+        weights: StateDict,
+        config: TaskConfig,
+        round_: int,
+        progress: Progress,
+        extras: StateDict | None = None,
     ) -> TrainResult:
         settings = config.train
+        model, personal = self._model(config, weights)
         torch.manual_seed(_site_seed(self.site_id, settings.seed, round_))
-        model = self._model(config.model, weights)
         model.train()
+        hooks = SchemeHooks.from_config(config.strategy)
+        scheme = SchemeTraining(
+            hooks,
+            model,
+            self._control(extras or {}, hooks),
+            self._device_tensors(self.state.load("scaffold_ci") or {}),
+            settings.lr,
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
         if settings.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay
+                trainable, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay
             )
         else:
             optimizer = torch.optim.Adam(
-                model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+                trainable, lr=settings.lr, weight_decay=settings.weight_decay
             )
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         amp = settings.amp and self.device.type == "cuda"
@@ -147,7 +192,11 @@ class MonaiTrainer(Trainer):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
                 loss = loss_fn(model(image), label)
-            scaler.scale(loss).backward()
+                penalty = scheme.penalty()
+                total = loss if penalty is None else loss + penalty
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)  # gradients at their true scale for SCAFFOLD's correction
+            scheme.correct_gradients()
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
@@ -159,8 +208,34 @@ class MonaiTrainer(Trainer):
         }
         if settings.local_steps:
             metrics["volumes_per_second"] = settings.local_steps * settings.batch_size / elapsed
-        return TrainResult(
-            to_numpy(model.state_dict()), self.num_examples, settings.local_steps, metrics
+        state = to_numpy(model.state_dict())
+        if personal:
+            self.state.save("personal", {k: state[k] for k in personal})
+        upload_extras: StateDict = {}
+        if hooks.scaffold:
+            site_control = scheme.new_site_control(settings.local_steps)
+            self.state.save("scaffold_ci", to_numpy(site_control))
+            # every float tensor the server controls gets a dc; buffers (no gradient) get 0
+            upload_extras = {
+                SCAFFOLD_DC + k[len(SCAFFOLD_C) :]: np.zeros_like(v)
+                for k, v in (extras or {}).items()
+                if k.startswith(SCAFFOLD_C)
+            }
+            upload_extras.update(
+                to_numpy({SCAFFOLD_DC + k: v - scheme.c_i[k] for k, v in site_control.items()})
+            )
+        shared = {k: v for k, v in state.items() if k not in personal}
+        return TrainResult(shared, self.num_examples, settings.local_steps, metrics, upload_extras)
+
+    def _device_tensors(self, arrays: StateDict) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in to_torch(arrays).items()}
+
+    def _control(self, extras: StateDict, hooks: SchemeHooks) -> dict[str, torch.Tensor]:
+        """SCAFFOLD's server control c, from the tensors published with the model."""
+        if not hooks.scaffold:
+            return {}
+        return self._device_tensors(
+            {k[len(SCAFFOLD_C) :]: v for k, v in extras.items() if k.startswith(SCAFFOLD_C)}
         )
 
     def _inputs(self, image: torch.Tensor) -> torch.Tensor:
@@ -173,7 +248,7 @@ class MonaiTrainer(Trainer):
         cases = self.datalist.get(split, [])
         if not cases:
             return {}
-        model = self._model(config.model, weights)
+        model, _ = self._model(config, weights)
         model.eval()
         dataset = self._eval_set(split, cases, config.train)
         metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)

@@ -32,7 +32,16 @@ SIM_DEFAULTS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="training rounds (default 5)")
-    parser.add_argument("--strategy", default="fedavg", help="aggregation scheme")
+    parser.add_argument(
+        "--strategy", default="fedavg", help="aggregation scheme (see `fedvox strategies`)"
+    )
+    parser.add_argument(
+        "--strategy-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter of the strategy, e.g. --strategy-param mu=0.01 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     parser.add_argument("--data", type=Path, help="existing site folders (default: synthesise)")
     parser.add_argument("--seed", type=int, default=0)
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         str(args.seed),
         *(["--config", str(args.config)] if args.config else []),
         *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+        *[a for pair in args.strategy_param for a in ("--strategy-param", pair)],
     ]
     logs = out / "logs"
     server = spawn("fedvox.server", server_args, logs / "server.log")
@@ -106,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
                     str(site_dir),
                     "--threads",
                     threads,
+                    "--set",
+                    f"state_dir={out / 'site-state' / site_dir.name}",
                 ],
                 logs / f"{site_dir.name}.log",
             )
@@ -121,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             stop(process)
         stop(server)
     settings = {
+        "strategy_params": args.strategy_param,
         "sites": [d.name for d in site_dirs],
         "rounds": args.rounds,
         "strategy": args.strategy,

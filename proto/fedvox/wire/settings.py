@@ -145,39 +145,52 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     return cls(**kwargs)
 
 
+def coerce_value(hint: Any, value: Any, dotted: str) -> Any:
+    """Check or convert one value to `hint`; strings are parsed (they come from flags)."""
+    if isinstance(value, str) and hint is not str:
+        value = ("__str__", value)
+    return _coerce(hint, value, dotted)
+
+
 def _coerce(hint: Any, value: Any, dotted: str) -> Any:
     if isinstance(value, tuple) and len(value) == 2 and value[0] == "__str__":
         value = _parse_string(hint, str(value[1]), dotted)
+    converted = _convert(hint, value, dotted)
+    if converted is _INVALID:
+        raise ConfigError(f"setting {dotted!r}: {value!r} is not a valid {_type_name(hint)}")
+    return converted
+
+
+_INVALID = object()
+
+
+def _convert(hint: Any, value: Any, dotted: str) -> Any:
+    """`value` as `hint`, or _INVALID."""
     origin = typing.get_origin(hint)
-    try:
-        if hint is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if hint in (int, float, str):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise TypeError
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            if hint is not str and isinstance(value, str):
-                raise TypeError
-            return hint(value)
-        if origin is tuple:
-            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            return tuple(_coerce(item, v, dotted) for v in value)
-        if origin in (types.UnionType, typing.Union):
-            if value is None and type(None) in typing.get_args(hint):
-                return None
-            (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-            return _coerce(inner, value, dotted)
-    except (TypeError, ValueError):
-        pass
-    else:
-        if hint is Any or hint is object:
-            return value
-    raise ConfigError(f"setting {dotted!r}: {value!r} is not a valid {_type_name(hint)}")
+    if hint is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if hint in (int, float, str):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return _INVALID
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            return _INVALID
+        if hint is not str and isinstance(value, str):
+            return _INVALID
+        return hint(value)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            return _INVALID
+        converted = [_convert(item, v, dotted) for v in value]
+        return _INVALID if _INVALID in converted else tuple(converted)
+    if origin is dict:
+        return dict(value) if isinstance(value, Mapping) else _INVALID
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, dotted)
+    return value if hint is Any else _INVALID
 
 
 def _parse_string(hint: Any, text: str, dotted: str) -> Any:

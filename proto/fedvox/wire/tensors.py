@@ -130,9 +130,9 @@ def to_safetensors(tensors: Mapping[str, Array]) -> bytes:
     return b"".join([header, *(a.reshape(-1).view(np.uint8).tobytes() for a in arrays)])
 
 
-def parse_safetensors(buffer: bytes | bytearray | memoryview) -> StateDict:
+def parse_safetensors(buffer: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> StateDict:
     """Return numpy views into `buffer`; refuse any malformed or overlapping layout."""
-    view = memoryview(buffer).cast("B")
+    view = memoryview(buffer.data if isinstance(buffer, np.ndarray) else buffer).cast("B")
     if len(view) < 8:
         raise invalid("blob shorter than the 8-byte safetensors header length")
     (hlen,) = struct.unpack("<Q", view[:8])

@@ -44,7 +44,7 @@ class RunningServer:
 def start(config: ServerConfig) -> RunningServer:
     config.validate()
     store = Store(Path(config.state_dir))
-    orchestrator = Orchestrator(config, store, create(config.strategy))
+    orchestrator = Orchestrator(config, store, create(config.strategy, config.strategy_params))
     max_chunk = config.max_chunk_kb * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from fedvox.wire.settings import add_settings_arguments, overrides_from
+from fedvox.wire.settings import add_settings_arguments, overrides_from, parse_overrides
 
 # flags that are shortcuts for `--set key=value`
 FLAG_SETTINGS = {
@@ -20,11 +21,24 @@ FLAG_SETTINGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, FLAG_SETTINGS)
+    parser.add_argument(
+        "--strategy-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter of the strategy, e.g. --strategy-param mu=0.01 (repeatable)",
+    )
+
+
+def strategy_overrides(pairs: list[str]) -> dict[str, str]:
+    """--strategy-param pairs as one `strategy_params` override (a JSON mapping)."""
+    return {"strategy_params": json.dumps(parse_overrides(pairs))} if pairs else {}
 
 
 def run(args: argparse.Namespace) -> int:
     from fedvox.server.app import serve
     from fedvox.server.config import load_server_config
 
-    serve(load_server_config(args.config, overrides_from(args, FLAG_SETTINGS)))
+    overrides = overrides_from(args, FLAG_SETTINGS) | strategy_overrides(args.strategy_param)
+    serve(load_server_config(args.config, overrides))
     return 0

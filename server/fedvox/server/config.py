@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedvox.wire.settings import load_settings
 from fedvox.wire.taskconfig import ModelSpec, TrainSettings
@@ -29,6 +30,7 @@ class ServerConfig:
     site_timeout_s: float = 60.0  # silent this long = dead, not waited for
     seed: int = 0
     strategy: str = "fedavg"
+    strategy_params: dict[str, Any] = field(default_factory=dict)  # see `fedvox strategies`
     evaluate: bool = True  # test-split evaluation of the initial and final models
     max_blob_mb: float = 2048.0
     max_chunk_kb: int = 4096
@@ -44,6 +46,9 @@ class ServerConfig:
             raise ValueError("fraction and quorum must lie in (0, 1]")
         if self.round_timeout_s <= 0 or self.poll_timeout_s <= 0 or self.site_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        from fedvox.server.strategies import create
+
+        create(self.strategy, self.strategy_params)  # unknown names and bad values fail here
         self.model.validate()
         self.train.validate()
 

@@ -29,9 +29,10 @@ from typing import Any
 import grpc
 
 from fedvox.server.config import ServerConfig
+from fedvox.server.journal import RoundJournal, SpilledUpdateSet
 from fedvox.server.sites import SiteRegistry
-from fedvox.server.store import Store
-from fedvox.server.strategies import Strategy, Update
+from fedvox.server.store import Checkpoint, Store
+from fedvox.server.strategies import BatchStrategy, RoundContext, Strategy, StreamingStrategy
 from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, Task, TaskKind
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.taskconfig import TaskConfig
@@ -62,6 +63,11 @@ class OpenRound:
     deadline: float
     results: dict[str, Result] = field(default_factory=dict)  # by site id
     init_weights: StateDict | None = None
+    journal: RoundJournal | None = None  # TRAIN rounds: the spilled updates
+    folded: int = 0  # how many sites of the sorted sample a streaming scheme has folded
+
+    def sorted_sites(self) -> list[str]:
+        return sorted(t.site_id for t in self.tasks.values())
 
     def pending_sites(self) -> list[str]:
         return [t.site_id for t in self.tasks.values() if t.site_id not in self.results]
@@ -87,9 +93,12 @@ class Orchestrator:
         self.federation_id = uuid.uuid4().hex[:12]
         self.completed_round = -1  # -1: no global model yet
         self.global_weights: StateDict | None = None
-        self.global_digest = ""
-        self.global_size = 0
+        self.global_digest = ""  # the model itself (status, DownloadModel)
+        self.publish_digest = ""  # what train tasks download: the model + scheme extras
+        self.publish_size = 0
         self.schema: Schema = {}
+        self.upload_schema: Schema = {}  # the model's schema + the scheme's upload extras
+        self._journal_root = store.root / "journal"
         self.history: list[dict[str, Any]] = []
         self.closed_tasks: dict[str, int] = {}  # task id -> round, for precise late-result errors
         # task id -> (site, digest) of every counted result, so a replay stays idempotent
@@ -105,12 +114,8 @@ class Orchestrator:
         if checkpoint is None:
             log.info("resume: no checkpoint in %s, starting fresh", self.store.root)
             return
-        self._set_global(
-            self.store.load_weights(checkpoint),
-            checkpoint.digest,
-            int(checkpoint.meta["global_size"]),
-        )
         self.strategy.load_state_dict(self.store.load_strategy_state(checkpoint))
+        self._set_global(checkpoint)
         self.completed_round = checkpoint.round
         self.federation_id = str(checkpoint.meta.get("federation_id", self.federation_id))
         if self._history_path.exists():
@@ -119,9 +124,14 @@ class Orchestrator:
             self.history = [h for h in entries if h["round"] <= checkpoint.round]
         log.info("resume: continuing after round %d from %s", checkpoint.round, checkpoint.path)
 
-    def _set_global(self, weights: StateDict, digest: str, size: int) -> None:
-        self.global_weights, self.global_digest, self.global_size = weights, digest, size
-        self.schema = schema_of(weights)
+    def _set_global(self, checkpoint: Checkpoint) -> None:
+        # serve and aggregate from the checkpoint's bytes, not the buffers they came from
+        self.global_weights = self.store.load_weights(checkpoint)
+        self.global_digest = checkpoint.digest
+        self.publish_digest, self.publish_size = checkpoint.publish
+        self.schema = schema_of(self.global_weights)
+        self.strategy.initialize(self.schema)
+        self.upload_schema = {**self.schema, **self.strategy.upload_extras(self.schema)}
 
     def _save_history(self) -> None:
         tmp = self._history_path.with_suffix(".tmp")
@@ -194,7 +204,7 @@ class Orchestrator:
             self._check_header(task, header)
             max_size = int(self.config.max_blob_mb * 1e6)
             if task.kind is TaskKind.TRAIN:
-                max_size = min(max_size, self.global_size + _DELTA_SLACK)
+                max_size = min(max_size, self.publish_size + _DELTA_SLACK)
             if header.size > max_size:
                 raise WireError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -259,7 +269,7 @@ class Orchestrator:
             )
         return True
 
-    def accept(self, header: ResultHeader, tensors: StateDict) -> bool:
+    def accept(self, header: ResultHeader, blob: bytearray, tensors: StateDict) -> bool:
         """Count a checked result; returns False when it was a replay."""
         with self.cond:
             if self._is_replay(header):  # a concurrent upload of the same task won the race
@@ -268,15 +278,15 @@ class Orchestrator:
             round_ = self.open
             assert round_ is not None
             if task.kind is TaskKind.TRAIN:
-                check_schema(tensors, self.schema)
-                self.strategy.accept(
-                    Update(
-                        header.site_id,
-                        header.num_examples,
-                        tensors,
-                        header.local_steps,
-                        dict(header.metrics),
-                    )
+                check_schema(tensors, self.upload_schema)
+                assert round_.journal is not None
+                round_.journal.spill(
+                    header.site_id,
+                    blob,
+                    header.digest,
+                    header.num_examples,
+                    header.local_steps,
+                    header.metrics,
                 )
             elif task.kind is TaskKind.INIT:
                 if not tensors:
@@ -286,6 +296,7 @@ class Orchestrator:
                 header.num_examples, dict(header.metrics), header.digest
             )
             self.accepted[header.task_id] = (header.site_id, header.digest)
+            self._fold_ready(round_)
             site = self.registry.sites[header.site_id]
             site.last_metrics, site.task_id, site.progress = dict(header.metrics), "", 1.0
             log.info(
@@ -374,6 +385,8 @@ class Orchestrator:
                     len(sample),
                     needed,
                 )
+                if open_.journal is not None:
+                    open_.journal.discard()
                 return
             self._complete(open_)
 
@@ -405,14 +418,18 @@ class Orchestrator:
         tasks = {}
         for site in sample:
             task = Task(
-                uuid.uuid4().hex, kind, round_, site, config, self.global_digest, self.global_size
+                uuid.uuid4().hex, kind, round_, site, config, self.publish_digest, self.publish_size
             )
             tasks[task.task_id] = task
         now = self.clock()
         self.open = OpenRound(round_, kind, tasks, now, now + self.config.round_timeout_s)
         if kind is TaskKind.TRAIN:
             assert self.global_weights is not None
-            self.strategy.begin(self.global_weights)
+            context = RoundContext(
+                round_, tuple(sample), len(self.registry.sites), self.config.seed
+            )
+            self.strategy.begin(self.global_weights, context)
+            self.open.journal = RoundJournal(self._journal_root, round_)
         self.cond.notify_all()
         return self.open
 
@@ -430,18 +447,42 @@ class Orchestrator:
         # do not wait out the deadline for sites that have stopped heartbeating
         return not any(self.registry.is_alive(self.registry.sites[s]) for s in pending)
 
+    def _fold_ready(self, open_: OpenRound, *, closing: bool = False) -> None:
+        """Fold spilled updates into a streaming scheme in sorted site order.
+
+        A site's update waits (on disk) until every site before it has answered, or
+        until the round closes, so the sums never depend on arrival order."""
+        if open_.journal is None or not isinstance(self.strategy, StreamingStrategy):
+            return
+        order = open_.sorted_sites()
+        while open_.folded < len(order):
+            entry = open_.journal.entries.get(order[open_.folded])
+            if entry is not None:
+                self.strategy.accept(entry.load())
+            elif not closing:
+                return
+            open_.folded += 1
+
+    def _aggregate(self, open_: OpenRound) -> StateDict:
+        if open_.kind is TaskKind.INIT:
+            assert open_.init_weights is not None
+            self.strategy.initialize(schema_of(open_.init_weights))
+            return open_.init_weights
+        assert open_.journal is not None
+        if isinstance(self.strategy, StreamingStrategy):
+            self._fold_ready(open_, closing=True)
+            return self.strategy.finish()
+        assert isinstance(self.strategy, BatchStrategy)
+        return self.strategy.aggregate(SpilledUpdateSet(list(open_.journal.entries.values())))
+
     def _complete(self, open_: OpenRound) -> None:
         summary = _summary(open_, self.clock() - open_.started)
         if open_.kind is not TaskKind.EVALUATE:
-            if open_.kind is TaskKind.INIT:
-                assert open_.init_weights is not None
-                weights = open_.init_weights
-            else:
-                weights = self.strategy.finish()
             checkpoint = self.store.write_checkpoint(
                 open_.round,
-                weights,
+                self._aggregate(open_),
                 self.strategy.state_dict(),
+                self.strategy.download_extras(),
                 {
                     "federation_id": self.federation_id,
                     "kind": str(open_.kind),
@@ -449,12 +490,9 @@ class Orchestrator:
                     "summary": summary,
                 },
             )
-            # serve the checkpoint file's bytes, not the receive buffer the views point into
-            self._set_global(
-                self.store.load_weights(checkpoint),
-                checkpoint.digest,
-                int(checkpoint.meta["global_size"]),
-            )
+            if open_.journal is not None:
+                open_.journal.discard()
+            self._set_global(checkpoint)
             self.completed_round = open_.round
         summary["global_digest"] = self.global_digest
         self.history.append(summary)

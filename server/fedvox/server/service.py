@@ -114,27 +114,30 @@ class FederationService(pb_grpc.FederationServiceServicer):
             return pb.SubmitResponse(
                 accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
             )
-        tensors = self._receive(header, request_iterator)
-        counted = self.orch.accept(header, tensors)
+        blob, tensors = self._receive(header, request_iterator)
+        counted = self.orch.accept(header, blob, tensors)
         return pb.SubmitResponse(
             accepted=True,
             duplicate=not counted,
             message=f"result for task {header.task_id} (round {header.round}) accepted",
         )
 
-    def _receive(self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]) -> StateDict:
+    def _receive(
+        self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]
+    ) -> tuple[bytearray, StateDict]:
         if header.payload is Payload.NONE:
             if next(messages, None) is not None:
                 raise invalid("an evaluation result carries no chunks")
-            return {}
+            return bytearray(), {}
         assembler = BlobAssembler(header.size, header.digest, max_chunk=self.max_chunk_bytes)
         for message in messages:
             if not message.HasField("chunk"):
                 raise invalid("only chunks may follow the Submit header")
             assembler.add(message.chunk.offset, message.chunk.data)
-        tensors = parse_safetensors(assembler.finish())
+        blob = assembler.finish()
+        tensors = parse_safetensors(blob)
         check_finite(tensors)
-        return tensors
+        return blob, tensors
 
     @_rpc_errors
     def Heartbeat(

@@ -41,6 +41,18 @@ class Checkpoint:
     def digest(self) -> str:
         return str(self.meta["global_digest"])
 
+    @property
+    def publish(self) -> tuple[str, int]:
+        """(sha256, size) of what train tasks download: the model, plus scheme extras."""
+        if "publish_digest" in self.meta:
+            return str(self.meta["publish_digest"]), int(self.meta["publish_size"])
+        return self.digest, int(self.meta["global_size"])
+
+    @property
+    def publish_path(self) -> Path:
+        path = self.path / "publish.safetensors"
+        return path if "publish_digest" in self.meta else self.model_path
+
 
 class Store:
     """Owns the state directory; every global model it serves is a checkpoint file."""
@@ -52,7 +64,12 @@ class Store:
         self._blobs: dict[str, Path] = {}
 
     def write_checkpoint(
-        self, round_: int, weights: StateDict, strategy_state: StateDict, meta: dict[str, Any]
+        self,
+        round_: int,
+        weights: StateDict,
+        strategy_state: StateDict,
+        extras: StateDict,
+        meta: dict[str, Any],
     ) -> Checkpoint:
         final = self.checkpoints / f"round-{round_:06d}"
         tmp = self.checkpoints / f".tmp-round-{round_:06d}"
@@ -67,6 +84,11 @@ class Store:
             "global_size": (tmp / "global.safetensors").stat().st_size,
             "strategy_digest": strategy_digest,
         }
+        if extras:  # e.g. SCAFFOLD's c, which sites download with the model
+            meta["publish_digest"] = write_safetensors(
+                {**weights, **extras}, tmp / "publish.safetensors"
+            )
+            meta["publish_size"] = (tmp / "publish.safetensors").stat().st_size
         _write_json(tmp / "round.json", meta)
         _fsync_dir(tmp)
         if final.exists():  # a rerun of a round whose checkpoint a crash left behind
@@ -74,7 +96,7 @@ class Store:
         os.replace(tmp, final)
         _fsync_dir(self.checkpoints)
         checkpoint = Checkpoint(round_, final, meta)
-        self._blobs[digest] = checkpoint.model_path
+        self._register(checkpoint)
         log.info("checkpoint: round %d written to %s (sha256 %s)", round_, final, digest[:12])
         return checkpoint
 
@@ -94,9 +116,13 @@ class Store:
                 log.warning("checkpoint: skipping damaged %s: %s", path, exc)
                 continue
             checkpoint = Checkpoint(round_, path, meta)
-            self._blobs[checkpoint.digest] = checkpoint.model_path
+            self._register(checkpoint)
             return checkpoint
         return None
+
+    def _register(self, checkpoint: Checkpoint) -> None:
+        self._blobs[checkpoint.digest] = checkpoint.model_path
+        self._blobs[checkpoint.publish[0]] = checkpoint.publish_path
 
     def load_weights(self, checkpoint: Checkpoint) -> StateDict:
         return parse_safetensors(bytearray(checkpoint.model_path.read_bytes()))
