@@ -85,10 +85,12 @@ class SchemeTraining:
         self.hooks = hooks
         self.lr = lr
         self.params = dict(model.named_parameters())
+        known = set(model.state_dict())
         for name in hooks.freeze:
-            if name not in self.params:
-                raise ValueError(f"cannot freeze {name!r}: the model has no such parameter")
-            self.params[name].requires_grad_(False)
+            if name not in known:
+                raise ValueError(f"cannot freeze {name!r}: the model has no such tensor")
+            if name in self.params:  # buffers (running statistics) have no gradient anyway
+                self.params[name].requires_grad_(False)
         # the round's starting point: FedProx's anchor and SCAFFOLD's w_global
         self.start = {k: p.detach().clone() for k, p in self.params.items()}
         self.c = {k: control[k] for k in self.params if k in control}

@@ -388,7 +388,14 @@ class Orchestrator:
                 if open_.journal is not None:
                     open_.journal.discard()
                 return
-            self._complete(open_)
+            try:
+                self._complete(open_)
+            except (ValueError, ArithmeticError, OSError) as exc:
+                # a scheme or the disk failed on this round's updates: keep the last
+                # checkpoint and rerun the round rather than end the federation
+                log.exception("round %d: aggregation failed (%s); retrying the round", round_, exc)
+                if open_.journal is not None:
+                    open_.journal.discard()
 
     def _wait_and_sample(self, kind: TaskKind, round_: int) -> list[str]:
         attempt = sum(1 for t in self.closed_tasks.values() if t == round_)

@@ -16,8 +16,10 @@ from fedvox.server.strategies.base import (
     UpdateSet,
 )
 from fedvox.server.strategies.fedavg import FedAvg, FedBN, FedPer, FedProx
+from fedvox.server.strategies.fedma import FedMA
 from fedvox.server.strategies.fednova import FedNova
 from fedvox.server.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedvox.server.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
 from fedvox.server.strategies.scaffold import Scaffold
 from fedvox.wire.settings import ConfigError, coerce_value
 
@@ -34,6 +36,11 @@ REGISTRY: dict[str, type[Strategy]] = {
         FedNova,
         FedBN,
         FedPer,
+        Median,
+        TrimmedMean,
+        Krum,
+        MultiKrum,
+        FedMA,
     )
 }
 

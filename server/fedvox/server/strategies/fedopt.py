@@ -63,7 +63,7 @@ class FedAvgM(_ServerState):
         v = self.moments["v"]
         step: dict[str, np.ndarray] = {}
         for key, delta in mean_delta.items():
-            if delta.dtype.kind != "f":
+            if self.global_weights[key].dtype.kind != "f":  # counters: the plain mean
                 step[key] = delta
                 continue
             v[key] = self.params.momentum * v.get(key, np.zeros_like(delta)) + delta
@@ -96,7 +96,7 @@ class _Adaptive(_ServerState):
         m, v = self.moments["m"], self.moments["v"]
         step: dict[str, np.ndarray] = {}
         for key, delta in mean_delta.items():
-            if delta.dtype.kind != "f":
+            if self.global_weights[key].dtype.kind != "f":  # counters: the plain mean
                 step[key] = delta
                 continue
             m[key] = p.beta1 * m.get(key, np.zeros_like(delta)) + (1 - p.beta1) * delta

@@ -1,0 +1,293 @@
+"""Byzantine-robust aggregators: coordinate-wise median and trimmed mean, Krum, Multi-Krum.
+
+Median, trimmed mean: Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed
+          Learning: Towards Optimal Statistical Rates", ICML 2018.
+Krum, Multi-Krum: Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
+          Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017 (Multi-Krum as
+          evaluated by El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of
+          Distributed Learning in Byzantium", ICML 2018). Reference code: Flower's
+          FedMedian, FedTrimmedAvg and Krum strategies.
+
+Client: exactly as FedAvg. It trains locally and uploads its delta (local minus global
+weights) with its example count; there is no client hook and no upload extra.
+
+Server: every scheme here needs all of a round's updates at once, so it is a
+BatchStrategy. It reads them tensor by tensor from the disk-spilled blobs: for one tensor
+name it stacks that tensor of every site (memory O(sites x largest tensor), never all
+models at once), aggregates, and moves on. Krum's pairwise distance matrix is accumulated
+over the tensors the same way. The new global model is global + aggregated delta.
+
+Conventions shared by all four:
+- Unweighted: every site counts once, whatever its example count; a large example
+  count must not buy a Byzantine site more influence. Sites that report no examples
+  trained nothing and are left out, as FedAvg gives them no weight; if no site is left,
+  the global model is kept.
+- Integer tensors (counters such as BatchNorm's num_batches_tracked) are aggregated in
+  float64 and rounded to the nearest integer (ties to even) when they are added to the
+  global tensor. Krum's distances use the floating tensors only: counters are
+  bookkeeping, not parameters, and a difference of a few steps would swamp the
+  distances between weight deltas.
+- Deterministic: sites are taken in sorted order, ties in Krum's scores go to the
+  earlier site, and every reduction has a fixed order.
+- No server state between rounds (nothing to checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedvox.server.strategies.base import BatchStrategy, UpdateSet, apply_step
+from fedvox.wire.tensors import StateDict
+
+log = logging.getLogger(__name__)
+
+
+def _stack(
+    updates: UpdateSet,
+    sites: Sequence[str],
+    name: str,
+    like: np.ndarray,
+    dtype: np.dtype[Any] | None = None,
+) -> np.ndarray:
+    """Tensor `name` of every site in `sites` on a new first axis (read once per site).
+
+    Shaped like the global tensor `like`; by default floats keep their width (selection
+    is exact) and integers become float64."""
+    if dtype is None:
+        dtype = like.dtype if like.dtype.kind == "f" else np.dtype(np.float64)
+    out = np.empty((len(sites), *like.shape), dtype=dtype)
+    for row, site in enumerate(sites):
+        out[row] = updates.tensor(site, name)
+    return out
+
+
+def _trimmed_mean(stacked: np.ndarray, cut: int) -> np.ndarray:
+    """Mean over axis 0 after dropping the `cut` smallest and largest values of each entry.
+
+    Sorts `stacked` in place; the mean is accumulated in float64."""
+    n = stacked.shape[0]
+    stacked.sort(axis=0)
+    out: np.ndarray = stacked[cut : n - cut].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def _median_cut(n: int) -> int:
+    """The trim that leaves the middle value (odd n) or the two middle values (even n)."""
+    return (n - 1) // 2
+
+
+def coordinate_wise_step(
+    global_weights: StateDict, updates: UpdateSet, sites: Sequence[str], cut: int
+) -> dict[str, np.ndarray]:
+    """Each global tensor's delta: the trimmed mean over `sites` (empty if no site)."""
+    step: dict[str, np.ndarray] = {}
+    if not sites:
+        return step
+    for name, base in sorted(global_weights.items()):
+        step[name] = _trimmed_mean(_stack(updates, sites, name, base), cut)
+    return step
+
+
+def _counted_sites(updates: UpdateSet) -> list[str]:
+    """Sites that trained on at least one example, in sorted order."""
+    return sorted(s for s in updates.sites if updates.num_examples(s) > 0)
+
+
+class _CoordinateWise(BatchStrategy):
+    """Aggregates each coordinate independently: a trimmed mean with a per-round cut."""
+
+    @abstractmethod
+    def cut(self, n: int) -> int:
+        """How many values to drop at each end of every coordinate, for n sites."""
+
+    def aggregate(self, updates: UpdateSet) -> StateDict:
+        sites = _counted_sites(updates)
+        step = coordinate_wise_step(self.global_weights, updates, sites, self.cut(len(sites)))
+        return apply_step(self.global_weights, step)
+
+
+class Median(_CoordinateWise):
+    """Coordinate-wise median of the sites' deltas (Yin et al. 2018).
+
+    Client: plain FedAvg-style local training; uploads its delta. Server: for every
+    coordinate j, w_j <- w_j + median_i delta_{i,j}, every site counting once (for an even
+    number of sites, the mean of the two middle values). Tolerates fewer than half of the
+    sites sending arbitrary updates.
+    """
+
+    name = "median"
+
+    def cut(self, n: int) -> int:
+        return _median_cut(n)
+
+
+@dataclass(frozen=True)
+class TrimmedMeanParams:
+    beta: float = 0.2  # fraction of sites dropped at EACH end of every coordinate (Flower: 0.2)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.beta < 0.5:
+            raise ValueError(f"trimmed_mean: beta must lie in [0, 0.5), got {self.beta}")
+
+
+class TrimmedMean(_CoordinateWise):
+    """Coordinate-wise trimmed mean of the sites' deltas (Yin et al. 2018).
+
+    Client: plain FedAvg-style local training; uploads its delta. Server: for every
+    coordinate, drop the floor(beta * n) largest and the floor(beta * n) smallest of the n
+    sites' values and average the rest (unweighted), as Flower's FedTrimmedAvg and
+    scipy.stats.trim_mean do. With fewer than 1/beta sites nothing is dropped (the plain
+    mean); beta = 0 is always the plain mean.
+    """
+
+    name = "trimmed_mean"
+    Params = TrimmedMeanParams
+
+    def cut(self, n: int) -> int:
+        return int(self.params.beta * n)
+
+
+@dataclass(frozen=True)
+class KrumParams:
+    byzantine: int = 1  # f: how many sites may be Byzantine; Krum needs n > 2f + 2 sites
+
+    def __post_init__(self) -> None:
+        if self.byzantine < 0:
+            raise ValueError(f"krum: byzantine must be >= 0, got {self.byzantine}")
+
+
+@dataclass(frozen=True)
+class MultiKrumParams:
+    byzantine: int = 1  # f: how many sites may be Byzantine; Multi-Krum needs n > 2f + 2 sites
+    keep: int = 0  # m: how many lowest-scoring updates to average; 0 = n - f
+
+    def __post_init__(self) -> None:
+        if self.byzantine < 0:
+            raise ValueError(f"multikrum: byzantine must be >= 0, got {self.byzantine}")
+        if self.keep < 0:
+            raise ValueError(f"multikrum: keep must be >= 0 (0 = n - byzantine), got {self.keep}")
+
+
+def pairwise_sq_distances(
+    global_weights: StateDict, updates: UpdateSet, sites: Sequence[str], names: Sequence[str]
+) -> np.ndarray:
+    """D[i, k] = sum over the tensors `names` of ||delta_i - delta_k||^2, in float64.
+
+    Reads one tensor of every site at a time; the matrix accumulates over tensors."""
+    n = len(sites)
+    distances = np.zeros((n, n), dtype=np.float64)
+    for name in names:
+        like = global_weights[name]
+        flat = _stack(updates, sites, name, like, np.dtype(np.float64)).reshape(n, -1)
+        for i in range(n - 1):
+            diff = flat[i + 1 :] - flat[i]
+            d = np.einsum("ij,ij->i", diff, diff)
+            distances[i, i + 1 :] += d
+            distances[i + 1 :, i] += d
+    return distances
+
+
+def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
+    """score_i = sum of the n - f - 2 smallest squared distances from i to the others."""
+    n = distances.shape[0]
+    neighbours = n - byzantine - 2
+    scores = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        others = np.sort(np.delete(distances[i], i))
+        scores[i] = others[:neighbours].sum()
+    return scores
+
+
+class _KrumFamily(BatchStrategy):
+    """Scores every update by its distance to its nearest neighbours; averages the best."""
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.scores: dict[str, float] = {}  # last round's Krum score per site (for logs/tests)
+        self.selected: tuple[str, ...] = ()  # last round's sites whose deltas were averaged
+        self.fell_back = False  # last round had too few sites and used the median
+
+    @abstractmethod
+    def keep(self, n: int) -> int:
+        """How many of the lowest-scoring updates to average, for n sites."""
+
+    def aggregate(self, updates: UpdateSet) -> StateDict:
+        f = int(self.params.byzantine)
+        sites = _counted_sites(updates)
+        self.scores, self.selected, self.fell_back = {}, (), False
+        if not sites:
+            return apply_step(self.global_weights, {})
+        n = len(sites)
+        if n <= 2 * f + 2:
+            # Krum's guarantee needs n > 2f + 2. Rather than stop the federation when sites
+            # drop out, use the coordinate-wise median, which still tolerates any f < n / 2.
+            log.warning(
+                "%s: %d site(s) is too few for byzantine=%d (needs more than %d); "
+                "using the coordinate-wise median this round",
+                self.name,
+                n,
+                f,
+                2 * f + 2,
+            )
+            self.fell_back, self.selected = True, tuple(sites)
+            step = coordinate_wise_step(self.global_weights, updates, sites, _median_cut(n))
+            return apply_step(self.global_weights, step)
+        floats = sorted(k for k, v in self.global_weights.items() if v.dtype.kind == "f")
+        scores = krum_scores(pairwise_sq_distances(self.global_weights, updates, sites, floats), f)
+        self.scores = {site: float(s) for site, s in zip(sites, scores, strict=True)}
+        order = np.argsort(scores, kind="stable")  # ties: the earlier site in sorted order
+        m = min(self.keep(n), n - f)
+        self.selected = tuple(sorted(sites[int(i)] for i in order[:m]))
+        step = {
+            name: _stack(updates, self.selected, name, base).mean(axis=0, dtype=np.float64)
+            for name, base in sorted(self.global_weights.items())
+        }
+        return apply_step(self.global_weights, step)
+
+
+class Krum(_KrumFamily):
+    """Krum (Blanchard et al. 2017): apply the one delta closest to its neighbours.
+
+    Client: plain FedAvg-style local training; uploads its delta. Server: with n sites
+    and f = `byzantine`, score_i = sum of ||delta_i - delta_k||^2 over the n - f - 2
+    sites k nearest to i; the new model is global + delta_{argmin score} (ties: the first
+    site in sorted order). Distances use the floating tensors; the chosen site's integer
+    counters come with its delta.
+
+    byzantine defaults to 1 (tolerate one bad site). Krum needs n > 2f + 2 sites (5 for
+    f = 1). A round with fewer sites, e.g. after dropouts or in a 3-site simulation, does
+    not fail: it logs a warning and applies the coordinate-wise median of all deltas,
+    which still tolerates any f < n / 2. Set byzantine=0 to run Krum proper from 3 sites.
+    """
+
+    name = "krum"
+    Params = KrumParams
+
+    def keep(self, n: int) -> int:
+        return 1
+
+
+class MultiKrum(_KrumFamily):
+    """Multi-Krum (Blanchard et al. 2017): average the m deltas with the lowest Krum scores.
+
+    Client: plain FedAvg-style local training; uploads its delta. Server: scores as Krum
+    (n - f - 2 nearest neighbours, f = `byzantine`), then the unweighted mean of the m =
+    `keep` lowest-scoring deltas (keep=0 means m = n - f, as in the paper; m never exceeds
+    n - f, so the f presumed-Byzantine updates are never averaged in). keep=1 is Krum.
+
+    byzantine defaults to 1. Multi-Krum needs n > 2f + 2 sites; with fewer it logs a
+    warning and applies the coordinate-wise median, as Krum does.
+    """
+
+    name = "multikrum"
+    Params = MultiKrumParams
+
+    def keep(self, n: int) -> int:
+        keep = int(self.params.keep)
+        return keep if keep > 0 else n - int(self.params.byzantine)
