@@ -24,10 +24,10 @@ def spilled(
     tmp_path: Path, updates: Sequence[tuple[str, int, StateDict]], round_: int = 1
 ) -> SpilledUpdateSet:
     """The updates as the orchestrator hands them over: blobs on disk, read back lazily."""
-    journal = RoundJournal(tmp_path / "journal", round_)
+    journal = RoundJournal.create(tmp_path / "journal", round_, {})
     for site, examples, tensors in updates:
         blob = to_safetensors(tensors)
-        journal.spill(site, blob, sha256(blob), examples, 1, {})
+        journal.spill(site, f"task-{site}", blob, sha256(blob), examples, 1, {})
     return SpilledUpdateSet(list(journal.entries.values()))
 
 

@@ -127,10 +127,12 @@ def run_round(strategy: Strategy, weights: StateDict, round_: int, tmp_path: Pat
     """One round as the orchestrator runs it, from blobs spilled to disk."""
     context = RoundContext(round_, SITES, TOTAL_SITES, seed=7)
     strategy.begin(weights, context)
-    journal = RoundJournal(tmp_path / f"journal-{next(_journals)}", round_)
+    journal = RoundJournal.create(tmp_path / f"journal-{next(_journals)}", round_, {})
     for site, tensors in updates_for(strategy, round_).items():
         blob = to_safetensors(tensors)
-        journal.spill(site, blob, sha256(blob), EXAMPLES[site], STEPS[site], {"loss": 1.0})
+        journal.spill(
+            site, f"task-{site}", blob, sha256(blob), EXAMPLES[site], STEPS[site], {"loss": 1.0}
+        )
     if isinstance(strategy, StreamingStrategy):
         for site in sorted(journal.entries):
             strategy.accept(journal.entries[site].load())

@@ -1,19 +1,30 @@
-"""Accepted updates spilled to disk, one safetensors blob per site and round.
+"""The round journal: each open round's plan and every accepted result, on disk.
 
-Every accepted upload is written here before it counts. Streaming schemes then
-fold the updates in sorted site order (so the result does not depend on arrival
-order), and batch schemes read all of them back one tensor at a time through
-memory maps, so N sites never mean N models in RAM.
+Layout: <state>/journal/round-NNNNNN/
+    round.json            the round's kind, sampled sites and task ids (written at open)
+    <site>.safetensors    an accepted upload, exactly as received (digest-checked)
+    <site>.json           its header; written last, so its presence means "accepted"
+
+A result counts only once its files are fsynced here. A server killed at any point
+reopens the round from this folder with the same task ids, so results already
+accepted are neither lost nor counted twice, and sites still working on the round
+can finish and submit as if nothing happened.
+
+Streaming schemes fold the spilled updates in sorted site order (so the result does
+not depend on arrival order), and batch schemes read them back one tensor at a time
+through memory maps, so N sites never mean N models in RAM.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +35,7 @@ from fedvox.wire.tensors import Array, StateDict, parse_safetensors
 @dataclass(frozen=True)
 class SpilledUpdate:
     site_id: str
+    task_id: str
     num_examples: int
     local_steps: int
     metrics: dict[str, float]
@@ -41,17 +53,56 @@ class SpilledUpdate:
 
 
 class RoundJournal:
-    """The spill folder of one round attempt: <state>/journal/round-NNNNNN/."""
+    """The journal folder of one open round."""
 
-    def __init__(self, root: Path, round_: int) -> None:
-        self.path = root / f"round-{round_:06d}"
-        shutil.rmtree(self.path, ignore_errors=True)  # an abandoned attempt's leftovers
-        self.path.mkdir(parents=True)
+    def __init__(self, path: Path, plan: dict[str, Any]) -> None:
+        self.path = path
+        self.plan = plan
         self.entries: dict[str, SpilledUpdate] = {}
+
+    @staticmethod
+    def create(root: Path, round_: int, plan: dict[str, Any]) -> RoundJournal:
+        path = root / f"round-{round_:06d}"
+        shutil.rmtree(path, ignore_errors=True)  # an abandoned attempt's leftovers
+        path.mkdir(parents=True)
+        _write_atomic(path / "round.json", json.dumps(plan).encode())
+        return RoundJournal(path, plan)
+
+    @staticmethod
+    def recover(root: Path) -> list[RoundJournal]:
+        """Every journal folder with a complete plan, with its accepted entries."""
+        found = []
+        for path in sorted(root.glob("round-*")) if root.is_dir() else []:
+            try:
+                journal = RoundJournal(path, json.loads((path / "round.json").read_text()))
+            except (OSError, ValueError):
+                shutil.rmtree(path, ignore_errors=True)  # killed while opening the round
+                continue
+            for meta_path in sorted(path.glob("*.json")):
+                if meta_path.name != "round.json":
+                    journal._restore(meta_path)
+            found.append(journal)
+        return found
+
+    def _restore(self, meta_path: Path) -> None:
+        meta = json.loads(meta_path.read_text())
+        blob = self.path / f"{meta['site_id']}.safetensors"
+        if meta["digest"] and sha256_file(blob) != meta["digest"]:
+            return  # cannot happen after an fsynced write; never count a damaged blob
+        self.entries[meta["site_id"]] = SpilledUpdate(
+            meta["site_id"],
+            meta["task_id"],
+            meta["num_examples"],
+            meta["local_steps"],
+            meta["metrics"],
+            meta["digest"],
+            blob,
+        )
 
     def spill(
         self,
         site_id: str,
+        task_id: str,
         blob: bytes | bytearray | memoryview,
         digest: str,
         num_examples: int,
@@ -59,10 +110,14 @@ class RoundJournal:
         metrics: dict[str, float],
     ) -> SpilledUpdate:
         blob_path = self.path / f"{site_id}.safetensors"
-        _write_atomic(blob_path, blob)
-        entry = SpilledUpdate(site_id, num_examples, local_steps, dict(metrics), digest, blob_path)
+        if digest:
+            _write_atomic(blob_path, blob)
+        entry = SpilledUpdate(
+            site_id, task_id, num_examples, local_steps, dict(metrics), digest, blob_path
+        )
         meta = {
             "site_id": site_id,
+            "task_id": task_id,
             "num_examples": num_examples,
             "local_steps": local_steps,
             "metrics": metrics,
@@ -97,6 +152,18 @@ class SpilledUpdateSet:
         if site not in self._views:  # maps cost address space, not memory
             self._views[site] = self._entries[site].tensors()
         return self._views[site][name]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    _write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def _write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:

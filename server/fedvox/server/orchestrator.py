@@ -12,6 +12,7 @@ TRAIN rounds 1..R -> EVALUATE the final model -> done (sites get STOP).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from typing import Any
 import grpc
 
 from fedvox.server.config import ServerConfig
-from fedvox.server.journal import RoundJournal, SpilledUpdateSet
+from fedvox.server.journal import RoundJournal, SpilledUpdateSet, write_json_atomic
 from fedvox.server.sites import SiteRegistry
 from fedvox.server.store import Checkpoint, Store
 from fedvox.server.strategies import BatchStrategy, RoundContext, Strategy, StreamingStrategy
@@ -61,9 +62,8 @@ class OpenRound:
     tasks: dict[str, Task]  # by task id
     started: float
     deadline: float
+    journal: RoundJournal  # the plan and every accepted result, on disk
     results: dict[str, Result] = field(default_factory=dict)  # by site id
-    init_weights: StateDict | None = None
-    journal: RoundJournal | None = None  # TRAIN rounds: the spilled updates
     folded: int = 0  # how many sites of the sorted sample a streaming scheme has folded
 
     def sorted_sites(self) -> list[str]:
@@ -105,11 +105,16 @@ class Orchestrator:
         # even after its round has closed
         self.accepted: dict[str, tuple[str, str]] = {}
         self._history_path = store.root / "history.json"
+        self._sites_path = store.root / "sites.json"
         self._resume()
+        self._recovered = self._recover_journals()
 
     # ---- state on disk ----
 
     def _resume(self) -> None:
+        if self._sites_path.exists():  # sites need not register again after a restart
+            for site in json.loads(self._sites_path.read_text()):
+                self.registry.register(site["site_id"], site["num_examples"], site["info"])
         checkpoint = self.store.latest()
         if checkpoint is None:
             log.info("resume: no checkpoint in %s, starting fresh", self.store.root)
@@ -123,6 +128,28 @@ class Orchestrator:
             # an entry newer than the checkpoint belongs to a round that will be rerun
             self.history = [h for h in entries if h["round"] <= checkpoint.round]
         log.info("resume: continuing after round %d from %s", checkpoint.round, checkpoint.path)
+
+    def _recover_journals(self) -> dict[tuple[str, int], RoundJournal]:
+        """Open rounds a killed server left behind, keyed (kind, round); stale ones go."""
+        live = {}
+        for journal in RoundJournal.recover(self._journal_root):
+            kind, round_ = TaskKind(journal.plan["kind"]), int(journal.plan["round"])
+            done = (
+                self._evaluated(round_)
+                if kind is TaskKind.EVALUATE
+                else round_ <= self.completed_round
+            )
+            if done:
+                journal.discard()
+            else:
+                live[(str(kind), round_)] = journal
+                log.info(
+                    "resume: round %d (%s) reopens with %d accepted result(s)",
+                    round_,
+                    kind,
+                    len(journal.entries),
+                )
+        return live
 
     def _set_global(self, checkpoint: Checkpoint) -> None:
         # serve and aggregate from the checkpoint's bytes, not the buffers they came from
@@ -144,6 +171,13 @@ class Orchestrator:
         with self.cond:
             self.registry.register(site_id, num_examples, info)
             log.info("sites: %s registered with %d examples", site_id, num_examples)
+            write_json_atomic(
+                self._sites_path,
+                [
+                    {"site_id": s.site_id, "num_examples": s.num_examples, "info": s.info}
+                    for s in self.registry.sites.values()
+                ],
+            )
             self.cond.notify_all()
 
     def next_task(self, site_id: str, timeout: float) -> Task | None:
@@ -279,19 +313,18 @@ class Orchestrator:
             assert round_ is not None
             if task.kind is TaskKind.TRAIN:
                 check_schema(tensors, self.upload_schema)
-                assert round_.journal is not None
-                round_.journal.spill(
-                    header.site_id,
-                    blob,
-                    header.digest,
-                    header.num_examples,
-                    header.local_steps,
-                    header.metrics,
-                )
-            elif task.kind is TaskKind.INIT:
-                if not tensors:
-                    raise invalid("initial weights hold no tensors")
-                round_.init_weights = tensors
+            elif task.kind is TaskKind.INIT and not tensors:
+                raise invalid("initial weights hold no tensors")
+            # on disk before it counts: a killed server finds it in the journal
+            round_.journal.spill(
+                header.site_id,
+                task.task_id,
+                blob,
+                header.digest,
+                header.num_examples,
+                header.local_steps,
+                header.metrics,
+            )
             round_.results[header.site_id] = Result(
                 header.num_examples, dict(header.metrics), header.digest
             )
@@ -363,8 +396,13 @@ class Orchestrator:
     def _run_round(self, kind: TaskKind, round_: int) -> None:
         """One attempt at a round; returns having either completed it or given it up."""
         with self.cond:
-            sample = self._wait_and_sample(kind, round_)
-            open_ = self._open_round(kind, round_, sample)
+            recovered = self._recovered.pop((str(kind), round_), None)
+            if recovered is not None:
+                open_ = self._reopen_round(recovered)
+                sample = open_.sorted_sites()
+            else:
+                sample = self._wait_and_sample(kind, round_)
+                open_ = self._open_round(kind, round_, sample)
             log.info(
                 "round %d: %s with %d site(s): %s", round_, kind, len(sample), ", ".join(sample)
             )
@@ -385,8 +423,7 @@ class Orchestrator:
                     len(sample),
                     needed,
                 )
-                if open_.journal is not None:
-                    open_.journal.discard()
+                open_.journal.discard()
                 return
             try:
                 self._complete(open_)
@@ -394,8 +431,7 @@ class Orchestrator:
                 # a scheme or the disk failed on this round's updates: keep the last
                 # checkpoint and rerun the round rather than end the federation
                 log.exception("round %d: aggregation failed (%s); retrying the round", round_, exc)
-                if open_.journal is not None:
-                    open_.journal.discard()
+                open_.journal.discard()
 
     def _wait_and_sample(self, kind: TaskKind, round_: int) -> list[str]:
         attempt = sum(1 for t in self.closed_tasks.values() if t == round_)
@@ -422,21 +458,45 @@ class Orchestrator:
             splits=self._splits(kind, round_),
             strategy=self.strategy.client_config(round_),
         ).to_json()
-        tasks = {}
-        for site in sample:
-            task = Task(
+        tasks = [
+            Task(
                 uuid.uuid4().hex, kind, round_, site, config, self.publish_digest, self.publish_size
             )
-            tasks[task.task_id] = task
+            for site in sample
+        ]
+        plan = {"kind": str(kind), "round": round_, "tasks": [dataclasses.asdict(t) for t in tasks]}
+        return self._start(RoundJournal.create(self._journal_root, round_, plan))
+
+    def _reopen_round(self, journal: RoundJournal) -> OpenRound:
+        """A round a killed server left open: same tasks, its accepted results still count."""
+        open_ = self._start(journal)
+        for site, entry in sorted(journal.entries.items()):
+            open_.results[site] = Result(entry.num_examples, dict(entry.metrics), entry.digest)
+            self.accepted[entry.task_id] = (site, entry.digest)
+        self._fold_ready(open_)
+        return open_
+
+    def _start(self, journal: RoundJournal) -> OpenRound:
+        tasks = [Task(**{**t, "kind": TaskKind(t["kind"])}) for t in journal.plan["tasks"]]
+        kind, round_ = TaskKind(journal.plan["kind"]), int(journal.plan["round"])
         now = self.clock()
-        self.open = OpenRound(round_, kind, tasks, now, now + self.config.round_timeout_s)
+        self.open = OpenRound(
+            round_,
+            kind,
+            {t.task_id: t for t in tasks},
+            now,
+            now + self.config.round_timeout_s,
+            journal,
+        )
         if kind is TaskKind.TRAIN:
             assert self.global_weights is not None
             context = RoundContext(
-                round_, tuple(sample), len(self.registry.sites), self.config.seed
+                round_,
+                tuple(self.open.sorted_sites()),
+                len(self.registry.sites),
+                self.config.seed,
             )
             self.strategy.begin(self.global_weights, context)
-            self.open.journal = RoundJournal(self._journal_root, round_)
         self.cond.notify_all()
         return self.open
 
@@ -459,7 +519,7 @@ class Orchestrator:
 
         A site's update waits (on disk) until every site before it has answered, or
         until the round closes, so the sums never depend on arrival order."""
-        if open_.journal is None or not isinstance(self.strategy, StreamingStrategy):
+        if open_.kind is not TaskKind.TRAIN or not isinstance(self.strategy, StreamingStrategy):
             return
         order = open_.sorted_sites()
         while open_.folded < len(order):
@@ -472,10 +532,10 @@ class Orchestrator:
 
     def _aggregate(self, open_: OpenRound) -> StateDict:
         if open_.kind is TaskKind.INIT:
-            assert open_.init_weights is not None
-            self.strategy.initialize(schema_of(open_.init_weights))
-            return open_.init_weights
-        assert open_.journal is not None
+            (entry,) = open_.journal.entries.values()
+            weights = entry.tensors()
+            self.strategy.initialize(schema_of(weights))
+            return weights
         if isinstance(self.strategy, StreamingStrategy):
             self._fold_ready(open_, closing=True)
             return self.strategy.finish()
@@ -497,13 +557,12 @@ class Orchestrator:
                     "summary": summary,
                 },
             )
-            if open_.journal is not None:
-                open_.journal.discard()
             self._set_global(checkpoint)
             self.completed_round = open_.round
         summary["global_digest"] = self.global_digest
         self.history.append(summary)
         self._save_history()
+        open_.journal.discard()  # after the checkpoint and history: a kill before this is harmless
         log.info(
             "round %d: %s complete in %.1fs; %s",
             open_.round,

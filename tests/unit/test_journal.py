@@ -1,0 +1,68 @@
+"""The round journal: what a killed server finds again, and what it must not trust."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedvox.server.journal import RoundJournal, SpilledUpdateSet
+from fedvox.wire.tensors import sha256_hex, to_safetensors
+from tests.helpers import f32
+
+PLAN = {"kind": "train", "round": 3, "tasks": [{"task_id": "t-a", "site_id": "site-a"}]}
+
+
+def spill(journal: RoundJournal, site: str, values: list[float]) -> bytes:
+    blob = to_safetensors({"w": f32(values)})
+    journal.spill(site, f"task-{site}", blob, sha256_hex(blob), 4, 7, {"loss": 0.5})
+    return blob
+
+
+def test_recover_returns_plan_and_accepted_entries(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    spill(journal, "site-b", [1.0, 2.0])
+    spill(journal, "site-a", [-1.0, 0.5])
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert recovered.plan == PLAN
+    assert sorted(recovered.entries) == ["site-a", "site-b"]
+    entry = recovered.entries["site-a"]
+    assert (entry.task_id, entry.num_examples, entry.local_steps) == ("task-site-a", 4, 7)
+    assert entry.metrics == {"loss": 0.5}
+    updates = SpilledUpdateSet(list(recovered.entries.values()))
+    assert list(updates.sites) == ["site-a", "site-b"]  # canonical order, not arrival order
+    np.testing.assert_array_equal(updates.tensor("site-b", "w"), [1.0, 2.0])
+
+
+def test_blob_without_its_header_was_never_accepted(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    spill(journal, "site-a", [1.0])
+    blob = to_safetensors({"w": f32([9.0])})
+    (journal.path / "site-b.safetensors").write_bytes(blob)  # killed before the header
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert list(recovered.entries) == ["site-a"]
+
+
+def test_damaged_blob_is_not_counted(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    blob = spill(journal, "site-a", [1.0, 2.0])
+    (journal.path / "site-a.safetensors").write_bytes(blob[:-1] + b"\x01")
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert recovered.entries == {}
+
+
+def test_round_without_a_complete_plan_is_dropped(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    (journal.path / "round.json").write_text('{"kind": "tr')  # e.g. a disk fault
+    assert RoundJournal.recover(tmp_path) == []
+    assert not journal.path.exists()
+
+
+def test_evaluation_results_need_no_blob(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 0, {**PLAN, "kind": "evaluate"})
+    journal.spill("site-a", "t-a", b"", "", 2, 0, {"test_dice": 0.25})
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert recovered.entries["site-a"].metrics == {"test_dice": 0.25}
+    meta = json.loads((journal.path / "site-a.json").read_text())
+    assert meta["digest"] == "" and not (journal.path / "site-a.safetensors").exists()
