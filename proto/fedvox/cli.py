@@ -14,12 +14,17 @@ from fedvox.wire.settings import ConfigError
 # subcommand -> (module with add_arguments/run, help)
 COMMANDS = {
     "simulate": ("fedvox.sim.cli", "run a whole federation on this machine over loopback gRPC"),
+    "compare": ("fedvox.compare.cli", "compare schemes and baselines on non-IID scenarios"),
     "server": ("fedvox.server.cli", "run the aggregation server"),
     "client": ("fedvox.client.cli", "run one site client"),
     "strategies": ("fedvox.server.strategies.cli", "list the aggregation schemes and parameters"),
     "synth": ("fedvox.synth.cli", "generate synthetic head CT sites"),
+    "check-data": ("fedvox.client.check_cli", "check sites' CT data and summarise it"),
+    "ingest": ("fedvox.client.ingest", "convert DICOM CT series to NIfTI with a dataset.json"),
     "status": ("fedvox.admin", "show a running server's rounds, sites and metrics"),
     "download": ("fedvox.admin_download", "download the current global model"),
+    "provision": ("fedvox.provision", "make or extend the federation's TLS certificates"),
+    "health": ("fedvox.health", "exit 0 when the server's gRPC health check says SERVING"),
 }
 
 

@@ -8,9 +8,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +21,28 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from fedvox.server.app import RunningServer, start
-from fedvox.server.config import ServerConfig
 from fedvox.server.tasks import ResultHeader
 from fedvox.v1 import federation_pb2 as pb
-from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.tensors import StateDict, parse_safetensors, to_safetensors
-from tests.helpers import assert_state_equal, f32, sha256
+from tests.helpers import (
+    INITIAL,
+    MAX_CHUNK,
+    RPC_TIMEOUT,
+    Federation,
+    assert_state_equal,
+    chunks,
+    download,
+    f32,
+    federation,
+    messages,
+    rpc_error,
+    sha256,
+    wait_for_task,
+)
 
 pytestmark = pytest.mark.integration
 
-MAX_CHUNK = 1024  # max_chunk_kb=1
 DELTA_SLACK = 1 << 20  # the orchestrator's allowance over the global blob for a delta
-RPC_TIMEOUT = 10.0
-INITIAL: StateDict = {"w": f32([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), "b": f32([0.5, -0.5, 0.0])}
 DELTA_A: StateDict = {"w": f32([[4.0, 0.0, -4.0], [2.0, 2.0, 2.0]]), "b": f32([1.0, 0.0, 0.0])}
 DELTA_B: StateDict = {"w": f32([[0.0, 4.0, 0.0], [-2.0, 2.0, 6.0]]), "b": f32([1.0, 2.0, -4.0])}
 # site-a trained on 1 example, site-b on 3: w + (1 * DELTA_A + 3 * DELTA_B) / 4, by hand
@@ -46,129 +52,6 @@ EXPECTED_ROUND_1: StateDict = {
     "w": f32([[2.0, 5.0, 2.0], [3.0, 7.0, 11.0]]),
     "b": f32([1.5, 1.0, -3.0]),
 }
-
-
-@dataclass
-class Federation:
-    """A server whose round 1 (TRAIN) is open for site-a and site-b."""
-
-    running: RunningServer
-    channel: grpc.Channel
-    fed: pb_grpc.FederationServiceStub
-    admin: pb_grpc.AdminServiceStub
-    init_task: pb.Task
-    init_blob: bytes
-    tasks: dict[str, pb.Task]  # the round-1 TRAIN task of each site
-
-    def status(self) -> pb.GetStatusResponse:
-        return self.admin.GetStatus(pb.GetStatusRequest(), timeout=RPC_TIMEOUT)
-
-    def header(self, site: str, blob: bytes, **changes: Any) -> pb.SubmitHeader:
-        """A correct DELTA header for `site`'s task and `blob`, with `changes` applied."""
-        task = self.tasks[site]
-        header = pb.SubmitHeader(
-            site_id=site,
-            task_id=task.task_id,
-            round=task.round,
-            kind=pb.PAYLOAD_KIND_DELTA,
-            num_examples=1,
-            digest=sha256(blob),
-            size=len(blob),
-        )
-        for name, value in changes.items():
-            if name == "metrics":
-                header.metrics.update(value)
-            else:
-                setattr(header, name, value)
-        return header
-
-    def submit(self, requests: Iterable[pb.SubmitRequest]) -> pb.SubmitResponse:
-        return self.fed.Submit(iter(list(requests)), timeout=RPC_TIMEOUT)
-
-    def submit_delta(self, site: str, delta: StateDict, **changes: Any) -> pb.SubmitResponse:
-        blob = to_safetensors(delta)
-        return self.submit(messages(self.header(site, blob, **changes), blob))
-
-
-def chunks(blob: bytes, size: int = MAX_CHUNK) -> list[pb.SubmitRequest]:
-    return [
-        pb.SubmitRequest(chunk=pb.SubmitChunk(offset=o, data=blob[o : o + size]))
-        for o in range(0, len(blob), size)
-    ]
-
-
-def messages(header: pb.SubmitHeader, blob: bytes) -> list[pb.SubmitRequest]:
-    return [pb.SubmitRequest(header=header), *chunks(blob)]
-
-
-def rpc_error(call: Callable[[], object]) -> grpc.Call:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    error = info.value
-    assert isinstance(error, grpc.Call)
-    return error
-
-
-def wait_for_task(fed: pb_grpc.FederationServiceStub, site: str) -> pb.Task:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        reply = fed.GetTask(pb.GetTaskRequest(site_id=site), timeout=5)
-        if reply.task.type != pb.TASK_TYPE_WAIT:
-            return reply.task
-    raise AssertionError(f"no task for {site} within 15 s")
-
-
-def download(fed: pb_grpc.FederationServiceStub, digest: str, offset: int = 0) -> bytes:
-    request = pb.DownloadRequest(site_id="site-a", digest=digest, offset=offset)
-    replies = list(fed.Download(request, timeout=RPC_TIMEOUT))
-    assert replies and replies[0].offset == offset
-    position = offset
-    for reply in replies:
-        assert reply.offset == position
-        position += len(reply.data)
-    assert {r.total_size for r in replies} == {position}
-    return b"".join(r.data for r in replies)
-
-
-@contextmanager
-def federation(state_dir: Path) -> Iterator[Federation]:
-    config = ServerConfig(
-        host="127.0.0.1",
-        port=0,
-        state_dir=str(state_dir),
-        min_sites=1,
-        rounds=2,
-        evaluate=False,
-        round_timeout_s=30,
-        poll_timeout_s=2,
-        max_chunk_kb=MAX_CHUNK // 1024,
-    )
-    running = start(config)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        fed = pb_grpc.FederationServiceStub(channel)
-        fed.Register(pb.RegisterRequest(site_id="site-a", num_examples=10), timeout=RPC_TIMEOUT)
-        init_task = wait_for_task(fed, "site-a")
-        # site-b joins while the INIT round (one site) is open, so round 1 samples both
-        fed.Register(pb.RegisterRequest(site_id="site-b", num_examples=30), timeout=RPC_TIMEOUT)
-        blob = to_safetensors(INITIAL)
-        header = pb.SubmitHeader(
-            site_id="site-a",
-            task_id=init_task.task_id,
-            round=init_task.round,
-            kind=pb.PAYLOAD_KIND_FULL,
-            digest=sha256(blob),
-            size=len(blob),
-        )
-        reply = fed.Submit(iter(messages(header, blob)), timeout=RPC_TIMEOUT)
-        assert reply.accepted and not reply.duplicate
-        tasks = {site: wait_for_task(fed, site) for site in ("site-a", "site-b")}
-        yield Federation(
-            running, channel, fed, pb_grpc.AdminServiceStub(channel), init_task, blob, tasks
-        )
-    finally:
-        channel.close()
-        running.stop(0)
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,11 @@ def test_rejects_header_length_beyond_blob() -> None:
         parse_safetensors(struct.pack("<Q", 1000) + b"{}")
 
 
-@pytest.mark.parametrize("header", [b"{not json", b"\xff\xfe\x00\x01"])
+@pytest.mark.parametrize(
+    "header",
+    [b"{not json", b"\xff\xfe\x00\x01", b"[" * 100_000 + b"]" * 100_000, b"1" * 5000],
+    ids=["syntax", "utf8", "deep-nesting", "huge-int"],
+)
 def test_rejects_non_json_header(header: bytes) -> None:
     with raises_wire(BAD, "header is not JSON"):
         parse_safetensors(struct.pack("<Q", len(header)) + header)
@@ -196,6 +200,9 @@ def test_rejects_trailing_bytes() -> None:
     [
         ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "bad shape"),
         ({"dtype": "F32", "shape": "4", "data_offsets": [0, 4]}, "bad shape"),
+        ({"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}, "bad shape"),
+        ({"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}, "bad shape"),
+        ({"dtype": "F32", "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}, "bad shape"),
         ({"dtype": "F32", "shape": [1]}, "bad data_offsets"),
         ({"dtype": "F32", "shape": [1], "data_offsets": [0, -4]}, "bad data_offsets"),
         ({"dtype": "F32", "shape": [1], "data_offsets": [0]}, "bad data_offsets"),

@@ -10,7 +10,20 @@ from pathlib import Path
 from fedvox.wire.settings import parse_overrides
 
 log = logging.getLogger(__name__)
-FLAG_SETTINGS = {"site_id": str, "server": str, "data_root": str, "device": str, "threads": int}
+FLAG_SETTINGS = {
+    "site_id": str,
+    "server": str,
+    "data_root": str,
+    "device": str,
+    "threads": int,
+    "claim_pool": str,  # no --site-id: claim a shard of this pool (fedvox.client.claim)
+    "claim_dir": str,
+    "tls_dir": str,  # mutual TLS: a `fedvox provision` folder (or the three files below)
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "tls_server_name": str,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any setting (repeatable)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, for a server started with --insecure (no TLS settings needed)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,26 +50,40 @@ def run(args: argparse.Namespace) -> int:
     from fedvox.client.config import load_client_config
     from fedvox.client.connection import Connection, ServerUnreachable
     from fedvox.client.runner import Runner
+    from fedvox.client.site_state import SiteState
     from fedvox.client.trainer import MonaiTrainer, pick_device
 
     overrides = parse_overrides(args.set)
     overrides.update(
         {k: str(getattr(args, k)) for k in FLAG_SETTINGS if getattr(args, k) is not None}
     )
+    if args.insecure:
+        overrides["insecure"] = "true"
     config = load_client_config(args.config, overrides)
+    tls = config.tls()  # no TLS settings and no --insecure: refused before anything starts
+    log.info("site %s: data root %s", config.site_id, config.data_root)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    trainer = MonaiTrainer(config.site_id, Path(config.data_root), device, config.cache_rate)
+    state_dir = Path(config.state_dir or Path("fedvox-site-state") / config.site_id)
+    trainer = MonaiTrainer(
+        config.site_id, Path(config.data_root), device, config.cache_rate, SiteState(state_dir)
+    )
     connection = Connection(
         config.server,
         config.site_id,
         give_up_after_s=config.connect_timeout_s,
         max_backoff_s=config.max_backoff_s,
+        tls=tls,
     )
-    info = {"device": str(device), "torch": torch.__version__, "host": platform.node()}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "data_root": config.data_root,
+    }
     try:
-        Runner(connection, trainer, config.poll_timeout_s, info).run()
+        Runner(connection, trainer, config.poll_timeout_s, info, config.byzantine).run()
     except ServerUnreachable as exc:
         log.error("%s", exc)
         return 1

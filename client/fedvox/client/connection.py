@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import grpc
 
+from fedvox.tls import TlsFiles, open_channel
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks
@@ -46,12 +47,14 @@ class Connection:
         *,
         give_up_after_s: float = 600.0,
         max_backoff_s: float = 30.0,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """`tls`: this site's certificate for mutual TLS; None dials plaintext (--insecure)."""
         self.address = address
         self.site_id = site_id
         self.give_up_after_s = give_up_after_s
         self.max_backoff_s = max_backoff_s
-        self.channel = grpc.insecure_channel(address, options=_OPTIONS)
+        self.channel = open_channel(address, tls, _OPTIONS)
         self.stub = pb_grpc.FederationServiceStub(self.channel)
 
     def close(self) -> None:
@@ -70,9 +73,16 @@ class Connection:
                 if time.monotonic() - started > self.give_up_after_s:
                     raise ServerUnreachable(
                         f"{what}: server {self.address} unreachable for "
-                        f"{self.give_up_after_s:.0f}s ({code.name})"
+                        f"{self.give_up_after_s:.0f}s ({code.name}: {exc.details()})"
                     ) from exc
-                log.info("connection: %s failed (%s); retrying in %.1fs", what, code.name, delay)
+                # details() tells a server that is down from one whose certificate we refuse
+                log.info(
+                    "connection: %s failed (%s: %s); retrying in %.1fs",
+                    what,
+                    code.name,
+                    exc.details(),
+                    delay,
+                )
                 time.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.max_backoff_s)
 

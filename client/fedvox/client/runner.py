@@ -8,15 +8,33 @@ import threading
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
+from fedvox.client.checks import INFO_ERROR
 from fedvox.client.connection import Connection
 from fedvox.client.trainer import TaskAborted, Trainer
+from fedvox.client.volume import DataError
 from fedvox.client.weights import delta
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.wire.taskconfig import TaskConfig
-from fedvox.wire.tensors import parse_safetensors, sha256_hex, to_safetensors
+from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, to_safetensors
 
 log = logging.getLogger(__name__)
+
+
+def poison(update: StateDict, mode: str) -> StateDict:
+    """A Byzantine site's corruption of its delta, for robustness tests only ("" = none).
+
+    Floating tensors only: "scale100" multiplies by 100, "signflip" negates, "nan" fills
+    with NaN; integer counters are left as they are."""
+    if not mode:
+        return update
+    factor = {"scale100": 100.0, "signflip": -1.0, "nan": float("nan")}[mode]
+    log.warning("byzantine mode %r: corrupting the uploaded delta (robustness testing)", mode)
+    return {
+        k: np.multiply(v, factor, dtype=v.dtype) if v.dtype.kind == "f" else v
+        for k, v in update.items()
+    }
 
 
 def _is_extra(name: str) -> bool:
@@ -59,27 +77,47 @@ class Runner:
         trainer: Trainer,
         poll_timeout_s: float = 30.0,
         info: dict[str, str] | None = None,
+        byzantine: str = "",
     ) -> None:
         self.connection = connection
         self.trainer = trainer
         self.poll_timeout_s = poll_timeout_s
         self.info = info or {}
+        self.byzantine = byzantine  # robustness testing only; see ClientConfig.byzantine
 
-    def run(self) -> int:
-        """Work until the server says STOP; returns the number of tasks completed."""
-        reply = self.connection.register(self.trainer.num_examples, self.info)
+    def _register(self) -> pb.RegisterResponse:
+        info = {**self.info, **self.trainer.site_info()}
+        reply = self.connection.register(self.trainer.num_examples, info)
         log.info(
             "site %s: registered with federation %s (%d training cases)",
             self.connection.site_id,
             reply.federation_id,
             self.trainer.num_examples,
         )
+        return reply
+
+    def _next_task(self) -> pb.Task:
+        try:
+            return self.connection.get_task(self.poll_timeout_s).task
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            # a restarted server has forgotten us (registrations are not checkpointed)
+            self._register()
+            return pb.Task(type=pb.TASK_TYPE_WAIT)
+
+    def run(self) -> int:
+        """Work until the server says STOP; returns the number of tasks completed."""
+        reply = self._register()
+        problem = self.trainer.site_info().get(INFO_ERROR)
+        if problem:  # registered all the same, so the server shows why and leaves this site out
+            raise DataError(f"site {self.connection.site_id} cannot take part: {problem}")
         heartbeat = Heartbeat(self.connection, max(reply.heartbeat_interval_seconds, 0.5))
         self.trainer.abort_requested = lambda: heartbeat.abort
         done = 0
         try:
             while True:
-                task = self.connection.get_task(self.poll_timeout_s).task
+                task = self._next_task()
                 if task.type == pb.TASK_TYPE_STOP:
                     log.info("site %s: federation finished, stopping", self.connection.site_id)
                     return done
@@ -129,20 +167,23 @@ class Runner:
             weights = {k: v for k, v in published.items() if not _is_extra(k)}
             extras = {k: v for k, v in published.items() if _is_extra(k)}
             if task.type == pb.TASK_TYPE_TRAIN:
-                metrics = self.trainer.evaluate(weights, config, "validation")
+                metrics = self.trainer.evaluate(weights, config, "validation", task.round - 1)
                 metrics = {f"global_{k}": v for k, v in metrics.items()}
                 result = self.trainer.train(
                     weights, config, task.round, lambda p: setattr(heartbeat, "progress", p), extras
                 )
                 metrics.update(result.metrics)
-                metrics.update(self.trainer.evaluate(result.weights, config, "validation"))
-                blob = to_safetensors({**delta(result.weights, weights), **result.extras})
+                metrics.update(
+                    self.trainer.evaluate(result.weights, config, "validation", task.round)
+                )
+                update = poison(delta(result.weights, weights), self.byzantine)
+                blob = to_safetensors({**update, **result.extras})
                 header.kind, header.local_steps = pb.PAYLOAD_KIND_DELTA, result.local_steps
                 header.num_examples = result.num_examples
             else:
                 metrics = {}
                 for split in config.splits:
-                    metrics.update(self.trainer.evaluate(weights, config, split))
+                    metrics.update(self.trainer.evaluate(weights, config, split, task.round))
                 header.kind = pb.PAYLOAD_KIND_NONE
             header.metrics.update(metrics)
             log.info(

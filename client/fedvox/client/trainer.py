@@ -14,11 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import Dataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 
-from fedvox.client.data import Case, evaluation_dataset, load_datalist, training_batches
+from fedvox.client.checks import check_site
+from fedvox.client.data import (
+    Case,
+    evaluation_dataset,
+    round_batches,
+    training_dataset,
+)
 from fedvox.client.hooks import (
     SCAFFOLD_C,
     SCAFFOLD_DC,
@@ -71,13 +78,19 @@ class Trainer(ABC):
         """Train from `weights` (and the scheme's `extras`) for the configured local steps."""
 
     @abstractmethod
-    def evaluate(self, weights: StateDict, config: TaskConfig, split: str) -> dict[str, float]:
-        """Metrics of `weights` on a local split ("validation" or "test")."""
+    def evaluate(
+        self, weights: StateDict, config: TaskConfig, split: str, round_: int
+    ) -> dict[str, float]:
+        """Metrics of `weights` (with the site's state as of `round_`) on a local split."""
 
     @property
     @abstractmethod
     def num_examples(self) -> int:
         """Training examples the site holds (FedAvg's weight)."""
+
+    def site_info(self) -> dict[str, str]:
+        """Facts for the server at registration: data summary statistics, data problems."""
+        return {}
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,16 +119,23 @@ class MonaiTrainer(Trainer):
         self.state = state or SiteState(Path("fedvox-site-state") / site_id)
         self.device = device
         self.cache_rate = cache_rate
-        self.datalist = load_datalist(data_root)
-        self._batches: tuple[TrainSettings, Iterator[dict[str, torch.Tensor]]] | None = None
+        # the data check runs before round 1; its summary (never voxels) goes to the server
+        self.data_report = check_site(data_root)
+        self.datalist = self.data_report.datalist  # empty when the check found a problem
+        self._train_set: tuple[TrainSettings, Dataset] | None = None
         self._eval_sets: dict[tuple[str, TrainSettings], object] = {}
 
     @property
     def num_examples(self) -> int:
         return len(self.datalist["training"])
 
-    def _model(self, config: TaskConfig, weights: StateDict) -> tuple[torch.nn.Module, set[str]]:
-        """The global weights plus this site's personal layers; returns the personal keys."""
+    def site_info(self) -> dict[str, str]:
+        return self.data_report.info()
+
+    def _model(
+        self, config: TaskConfig, weights: StateDict, state_round: int
+    ) -> tuple[torch.nn.Module, set[str]]:
+        """The global weights plus this site's personal layers as of `state_round`."""
         torch.manual_seed(config.train.seed)  # personal layers start as at initialisation
         model = build_model(config.model)
         personal = personal_keys(model, SchemeHooks.from_config(config.strategy))
@@ -125,7 +145,7 @@ class MonaiTrainer(Trainer):
             raise ValueError(f"global model does not fit: missing {missing[:3]}, extra {extra[:3]}")
         state = to_torch(weights)
         if personal:
-            state.update(to_torch(self.state.load("personal") or {}))
+            state.update(to_torch(self.state.load("personal", state_round) or {}))
         model.load_state_dict(state, strict=False)
         model = model.to(self.device)
         if self.device.type == "cuda":
@@ -138,15 +158,16 @@ class MonaiTrainer(Trainer):
         personal = personal_keys(model, SchemeHooks.from_config(config.strategy))
         return {k: v for k, v in to_numpy(model.state_dict()).items() if k not in personal}
 
-    def _train_batches(self, settings: TrainSettings) -> Iterator[dict[str, torch.Tensor]]:
+    def _train_batches(
+        self, settings: TrainSettings, round_: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         # keep the cached dataset across rounds: only the first epoch reads the files
-        if self._batches is None or self._batches[0] != settings:
-            seed = _site_seed(self.site_id, settings.seed, 0)
-            self._batches = (
-                settings,
-                training_batches(self.datalist["training"], settings, self.cache_rate, seed),
-            )
-        return self._batches[1]
+        if self._train_set is None or self._train_set[0] != settings:
+            cases = self.datalist["training"]
+            self._train_set = (settings, training_dataset(cases, settings, self.cache_rate))
+        return round_batches(
+            self._train_set[1], settings, _site_seed(self.site_id, settings.seed, round_)
+        )
 
     def train(
         self,
@@ -157,7 +178,7 @@ class MonaiTrainer(Trainer):
         extras: StateDict | None = None,
     ) -> TrainResult:
         settings = config.train
-        model, personal = self._model(config, weights)
+        model, personal = self._model(config, weights, round_ - 1)
         torch.manual_seed(_site_seed(self.site_id, settings.seed, round_))
         model.train()
         hooks = SchemeHooks.from_config(config.strategy)
@@ -165,14 +186,16 @@ class MonaiTrainer(Trainer):
             hooks,
             model,
             self._control(extras or {}, hooks),
-            self._device_tensors(self.state.load("scaffold_ci") or {}),
+            self._device_tensors(self.state.load("scaffold_ci", round_ - 1) or {}),
             settings.lr,
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
-        if settings.optimizer == "sgd":
+        if hooks.scaffold or settings.optimizer == "sgd":
+            # SCAFFOLD's c_i update assumes plain SGD steps of size lr: no momentum there
+            momentum = 0.0 if hooks.scaffold else 0.9
             optimizer = torch.optim.SGD(
-                trainable, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay
+                trainable, lr=settings.lr, momentum=momentum, weight_decay=settings.weight_decay
             )
         else:
             optimizer = torch.optim.Adam(
@@ -181,7 +204,7 @@ class MonaiTrainer(Trainer):
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         amp = settings.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        batches = self._train_batches(settings)
+        batches = self._train_batches(settings, round_)
         losses: list[float] = []
         started = time.monotonic()
         for step in range(settings.local_steps):
@@ -210,11 +233,11 @@ class MonaiTrainer(Trainer):
             metrics["volumes_per_second"] = settings.local_steps * settings.batch_size / elapsed
         state = to_numpy(model.state_dict())
         if personal:
-            self.state.save("personal", {k: state[k] for k in personal})
+            self.state.save("personal", round_, {k: state[k] for k in personal})
         upload_extras: StateDict = {}
         if hooks.scaffold:
             site_control = scheme.new_site_control(settings.local_steps)
-            self.state.save("scaffold_ci", to_numpy(site_control))
+            self.state.save("scaffold_ci", round_, to_numpy(site_control))
             # every float tensor the server controls gets a dc; buffers (no gradient) get 0
             upload_extras = {
                 SCAFFOLD_DC + k[len(SCAFFOLD_C) :]: np.zeros_like(v)
@@ -244,11 +267,13 @@ class MonaiTrainer(Trainer):
             image = image.contiguous(memory_format=torch.channels_last_3d)
         return image
 
-    def evaluate(self, weights: StateDict, config: TaskConfig, split: str) -> dict[str, float]:
+    def evaluate(
+        self, weights: StateDict, config: TaskConfig, split: str, round_: int
+    ) -> dict[str, float]:
         cases = self.datalist.get(split, [])
         if not cases:
             return {}
-        model, _ = self._model(config, weights)
+        model, _ = self._model(config, weights, round_)
         model.eval()
         dataset = self._eval_set(split, cases, config.train)
         metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from fedvox.admin import download_model, get_status, status_dict
-from fedvox.sim.processes import free_port, log_tail, spawn, stop, wait_healthy
-from fedvox.sim.report import format_header, format_row, metrics_document
+from fedvox.sim.federation import GLOBAL_MODEL, METRICS_JSON, Federation, run_federation
+from fedvox.sim.report import format_header, format_row
 from fedvox.wire.settings import parse_overrides
 
 # small enough that a 2-core CPU finishes 3 sites x 5 rounds in a few minutes
@@ -60,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run already in --out instead of refusing",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after seconds")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC instead of mutual TLS with certificates provisioned in OUT/certs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,74 +75,20 @@ def run(args: argparse.Namespace) -> int:
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     site_dirs = _site_dirs(args, out)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     overrides = {**({} if args.config else SIM_DEFAULTS), **parse_overrides(args.set)}
-    server_args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-        "--rounds",
-        str(args.rounds),
-        "--min-sites",
-        str(len(site_dirs)),
-        "--strategy",
-        args.strategy,
-        "--seed",
-        str(args.seed),
-        *(["--config", str(args.config)] if args.config else []),
-        *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
-        *[a for pair in args.strategy_param for a in ("--strategy-param", pair)],
-    ]
-    logs = out / "logs"
-    server = spawn("fedvox.server", server_args, logs / "server.log")
-    clients: dict[str, Any] = {}
-    try:
-        wait_healthy(address, server)
-        threads = str(max(1, (os.cpu_count() or 1) // len(site_dirs)))
-        for site_dir in site_dirs:
-            clients[site_dir.name] = spawn(
-                "fedvox.client",
-                [
-                    "--site-id",
-                    site_dir.name,
-                    "--server",
-                    address,
-                    "--data-root",
-                    str(site_dir),
-                    "--threads",
-                    threads,
-                    "--set",
-                    f"state_dir={out / 'site-state' / site_dir.name}",
-                ],
-                logs / f"{site_dir.name}.log",
-            )
-        print(
-            f"fedvox simulate: server {address}, {len(site_dirs)} sites, strategy "
-            f"{args.strategy}, logs in {logs}",
-            flush=True,
-        )
-        status = _watch(address, server, clients, logs, [d.name for d in site_dirs], args.timeout)
-        digest = download_model(address, out / "global_model.safetensors")
-    finally:
-        for process in clients.values():
-            stop(process)
-        stop(server)
-    settings = {
-        "strategy_params": args.strategy_param,
-        "sites": [d.name for d in site_dirs],
-        "rounds": args.rounds,
-        "strategy": args.strategy,
-        "seed": args.seed,
-        "overrides": overrides,
-        "data": [str(d) for d in site_dirs],
-    }
-    document = metrics_document(status["history"], settings)
-    document["global_model"] = {"path": "global_model.safetensors", "sha256": digest}
-    (out / "metrics.json").write_text(json.dumps(document, indent=2))
+    fed = Federation(
+        out=out,
+        site_dirs=tuple(site_dirs),
+        rounds=args.rounds,
+        strategy=args.strategy,
+        strategy_params=tuple(args.strategy_param),
+        seed=args.seed,
+        config=args.config,
+        overrides=overrides,
+        timeout=args.timeout,
+        insecure=args.insecure,
+    )
+    document = run_federation(fed, TablePrinter(fed.sites, args.strategy))
     initial = document["initial_test_dice"].get("mean")
     final = document["final"].get("test_dice", {}).get("mean")
     if initial is not None and final is not None:
@@ -151,8 +96,39 @@ def run(args: argparse.Namespace) -> int:
             f"test Dice of the global model: {initial:.3f} before training -> {final:.3f} "
             f"after {args.rounds} rounds"
         )
-    print(f"wrote {out / 'metrics.json'} and {out / 'global_model.safetensors'}")
+    print(f"wrote {out / METRICS_JSON} and {out / GLOBAL_MODEL}")
     return 0
+
+
+class TablePrinter:
+    """`fedvox simulate`'s output: a row per finished round and a live progress line."""
+
+    def __init__(self, sites: list[str], strategy: str) -> None:
+        self.sites = sites
+        self.strategy = strategy
+        self.shown = 0
+        self.live = sys.stdout.isatty()
+
+    def started(self, address: str, logs: Path) -> None:
+        print(
+            f"fedvox simulate: server {address}, {len(self.sites)} sites, strategy "
+            f"{self.strategy}, logs in {logs}",
+            flush=True,
+        )
+        print(format_header(self.sites), flush=True)
+
+    def status(self, status: dict[str, Any]) -> None:
+        history = status.get("history", [])
+        for entry in history[self.shown :]:
+            print(("\r\033[K" if self.live else "") + format_row(entry, self.sites), flush=True)
+        self.shown = len(history)
+        if self.live and status["phase"] != "done":
+            print(
+                f"\r\033[K  round {status['current_round']}: {status['current_results']}/"
+                f"{status['current_expected']} results",
+                end="",
+                flush=True,
+            )
 
 
 def _site_dirs(args: argparse.Namespace, out: Path) -> list[Path]:
@@ -174,40 +150,3 @@ def _site_dirs(args: argparse.Namespace, out: Path) -> list[Path]:
         size=args.size,
         progress=lambda msg: print(f"  {msg}", flush=True),
     )
-
-
-def _watch(
-    address: str, server: Any, clients: dict[str, Any], logs: Path, sites: list[str], timeout: float
-) -> dict[str, Any]:
-    """Print a row per finished round and a live progress line until the run is done."""
-    deadline = time.monotonic() + timeout
-    shown = 0
-    live = sys.stdout.isatty()
-    print(format_header(sites), flush=True)
-    while time.monotonic() < deadline:
-        for name, process in {"server": server, **clients}.items():
-            if process.poll() is not None and process.returncode != 0:
-                raise RuntimeError(
-                    f"{name} exited with code {process.returncode}; last log "
-                    f"lines:\n{log_tail(logs / f'{name}.log')}"
-                )
-        try:
-            status = status_dict(get_status(address, timeout=5))
-        except grpc.RpcError:
-            time.sleep(1)
-            continue
-        history = status.get("history", [])
-        for entry in history[shown:]:
-            print(("\r\033[K" if live else "") + format_row(entry, sites), flush=True)
-        shown = len(history)
-        if status["phase"] == "done":
-            return status
-        if live:
-            print(
-                f"\r\033[K  round {status['current_round']}: {status['current_results']}/"
-                f"{status['current_expected']} results",
-                end="",
-                flush=True,
-            )
-        time.sleep(1)
-    raise TimeoutError(f"the federation did not finish within {timeout:.0f}s")

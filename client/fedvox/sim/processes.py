@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedvox.tls import TlsFiles, open_channel
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,10 +36,16 @@ def spawn(
         )
 
 
-def wait_healthy(address: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Block until the server's gRPC health service says SERVING."""
+def wait_healthy(
+    address: str,
+    process: subprocess.Popen[bytes],
+    timeout: float = 60.0,
+    tls: TlsFiles | None = None,
+) -> None:
+    """Block until the server's gRPC health service says SERVING (`tls`: a client certificate
+    for a mutual-TLS server, None for a plaintext one)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:

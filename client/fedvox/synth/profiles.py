@@ -134,3 +134,70 @@ def iid_profiles(n_sites: int) -> list[SiteProfile]:
         lesion_radius_mm=(6.0, 14.0),
     )
     return [dataclasses.replace(shared, name=site_name(i)) for i in range(n_sites)]
+
+
+# Scenario profiles for `fedvox compare`: each isolates one kind of heterogeneity on top of the IID
+# control's mid-range scanner and case mix (see docs/compare-readme-section.md).
+
+
+def _spread(index: int, n_sites: int, shift: int = 0) -> float:
+    """Site `index`'s position in [0, 1] when `n_sites` are spread evenly over a range, rotated
+    by `shift` so that different parameters do not all rise together from site to site."""
+    if n_sites == 1:
+        return 0.5
+    return ((index + shift) % n_sites) / (n_sites - 1)
+
+
+def scanner_shift_profiles(n_sites: int) -> list[SiteProfile]:
+    """Feature shift: every site has its own scanner, the same case mix as :func:`iid_profiles`.
+
+    Across the sites the HU calibration offset spans -20..+20 HU, the noise 3..20 HU, the blur
+    0.3..2.5 mm and the in-plane spacing 0.85..1.25 x the reference, each parameter rotated
+    against the others; every third site (site-c, ...) has 1.6x thick slices."""
+    base = iid_profiles(n_sites)
+    profiles = []
+    for i, shared in enumerate(base):
+        in_plane = REFERENCE_SPACING_MM * _lerp(0.85, 1.25, _spread(i, n_sites, 3 * n_sites - 1))
+        z_factor = 1.6 if i % 3 == 2 else 1.0
+        profiles.append(
+            dataclasses.replace(
+                shared,
+                hu_offset=float(round(_lerp(-20.0, 20.0, _spread(i, n_sites)))),
+                noise_sigma=_lerp(3.0, 20.0, _spread(i, n_sites, 1)),
+                blur_sigma_mm=_lerp(0.3, 2.5, _spread(i, n_sites, 2)),
+                spacing=(round(in_plane, 3), round(in_plane, 3), round(in_plane * z_factor, 3)),
+            )
+        )
+    return profiles
+
+
+def prevalence_shift_profiles(n_sites: int) -> list[SiteProfile]:
+    """Label skew: one scanner (the IID control's), but the share of lesion cases spans
+    0.2..0.9 across the sites and the lesion radius range moves from 5..11 mm to 12..18 mm,
+    rotated against the prevalence."""
+    profiles = []
+    for i, shared in enumerate(iid_profiles(n_sites)):
+        low = _lerp(5.0, 12.0, _spread(i, n_sites, 1))
+        profiles.append(
+            dataclasses.replace(
+                shared,
+                lesion_prevalence=_lerp(0.2, 0.9, _spread(i, n_sites)),
+                lesion_radius_mm=(low, round(low + 6.0, 3)),
+            )
+        )
+    return profiles
+
+
+def mixed_profiles(n_sites: int) -> list[SiteProfile]:
+    """Both shifts at once: :func:`scanner_shift_profiles`' scanners with
+    :func:`prevalence_shift_profiles`' case mix (quantity skew comes from the site sizes)."""
+    return [
+        dataclasses.replace(
+            scanner,
+            lesion_prevalence=cases.lesion_prevalence,
+            lesion_radius_mm=cases.lesion_radius_mm,
+        )
+        for scanner, cases in zip(
+            scanner_shift_profiles(n_sites), prevalence_shift_profiles(n_sites), strict=True
+        )
+    ]

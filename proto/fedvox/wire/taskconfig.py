@@ -51,6 +51,11 @@ class TrainSettings:
     amp: bool = True  # only takes effect on CUDA
     window_min: float = 0.0  # brain window in HU, mapped to [0, 1]
     window_max: float = 80.0
+    # more HU windows (min, max), e.g. [[-20, 180], [-800, 2000]] for subdural and bone: each adds
+    # an input channel after the brain window, so model.in_channels = 1 + len(extra_windows)
+    extra_windows: tuple[tuple[float, ...], ...] = ()
+    spacing: tuple[float, ...] = ()  # resample to (x, y, z) mm; () keeps each site's own voxels
+    augment: bool = True  # CT augmentations in HU (see fedvox.client.preprocess)
     seed: int = 0
 
     def validate(self) -> None:
@@ -63,6 +68,20 @@ class TrainSettings:
             raise ValueError(f"train.optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.window_max <= self.window_min:
             raise ValueError("train.window_max must exceed train.window_min")
+        if any(len(w) != 2 or w[1] <= w[0] for w in self.extra_windows):
+            raise ValueError("train.extra_windows must be [min, max] pairs with max > min")
+        if self.spacing and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError("train.spacing must be three positive mm, or empty")
+
+
+def check_channels(model: ModelSpec, train: TrainSettings) -> None:
+    """Each HU window is an input channel: the model must take exactly that many."""
+    windows = 1 + len(train.extra_windows)
+    if model.in_channels != windows:
+        raise ValueError(
+            f"model.in_channels is {model.in_channels} but train.extra_windows gives {windows} "
+            "input channels (the brain window plus each extra window): set them to agree"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,10 +103,15 @@ class TaskConfig:
             k: tuple(v) if isinstance(v, list) else v for k, v in raw.get("model", {}).items()
         }
         model = ModelSpec(**spec)
-        train = TrainSettings(**raw.get("train", {}))
+        train = TrainSettings(**{k: _tuples(v) for k, v in raw.get("train", {}).items()})
         return TaskConfig(
             model=model,
             train=train,
             splits=tuple(raw.get("splits", ("validation",))),
             strategy=dict(raw.get("strategy", {})),
         )
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to (nested) tuples, so settings stay hashable."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

@@ -140,7 +140,7 @@ def parse_safetensors(buffer: bytes | bytearray | memoryview | npt.NDArray[np.ui
         raise invalid(f"safetensors header length {hlen} exceeds the blob")
     try:
         meta = json.loads(bytes(view[8 : 8 + hlen]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge ints, deep nesting
         raise invalid(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise invalid("safetensors header is not a JSON object")
@@ -153,7 +153,10 @@ def parse_safetensors(buffer: bytes | bytearray | memoryview | npt.NDArray[np.ui
         count = math.prod(shape)
         if begin != expected_begin or end - begin != count * dtype.itemsize or end > len(data):
             raise invalid(f"tensor {name!r}: byte range [{begin}, {end}) is inconsistent")
-        out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+        try:
+            out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+        except ValueError as exc:  # more than 64 dimensions, or sizes numpy cannot index
+            raise invalid(f"tensor {name!r}: bad shape: {exc}") from None
         expected_begin = end
     if expected_begin != len(data):
         raise invalid(f"{len(data) - expected_begin} trailing bytes after the last tensor")

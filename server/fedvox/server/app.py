@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedvox.server.config import ServerConfig
+from fedvox.server.config import ServerConfig, server_tls
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.service import AdminService, FederationService
 from fedvox.server.store import Store
@@ -43,6 +43,8 @@ class RunningServer:
 
 def start(config: ServerConfig) -> RunningServer:
     config.validate()
+    tls = server_tls(config)  # before anything else: no TLS settings and no `insecure` = refused
+    credentials = tls.server_credentials() if tls is not None else None
     store = Store(Path(config.state_dir))
     orchestrator = Orchestrator(config, store, create(config.strategy, config.strategy_params))
     max_chunk = config.max_chunk_kb * 1024
@@ -64,16 +66,25 @@ def start(config: ServerConfig) -> RunningServer:
     reflection.enable_server_reflection(
         [*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        log.warning(
+            "server: TLS is off (insecure): traffic is unencrypted and unauthenticated, and any "
+            "caller can act as any site or as the operator; see docs/security.md"
+        )
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     server.start()
     loop = threading.Thread(target=orchestrator.run, name="orchestrator", daemon=True)
     loop.start()
     log.info(
-        "server: listening on %s:%d, strategy %s, state in %s",
+        "server: listening on %s:%d (%s), strategy %s, state in %s",
         config.host,
         port,
+        "plaintext" if tls is None else f"mutual TLS, clients of {tls.ca}",
         config.strategy,
         config.state_dir,
     )

@@ -16,6 +16,10 @@ FLAG_SETTINGS = {
     "min_sites": int,
     "strategy": str,
     "seed": int,
+    "tls_dir": str,  # mutual TLS: a `fedvox provision` folder (or the three files below)
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
 }
 
 
@@ -27,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="a parameter of the strategy, e.g. --strategy-param mu=0.01 (repeatable)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext without client certificates (no TLS settings needed; warned)",
     )
 
 
@@ -40,5 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from fedvox.server.config import load_server_config
 
     overrides = overrides_from(args, FLAG_SETTINGS) | strategy_overrides(args.strategy_param)
+    if args.insecure:
+        overrides["insecure"] = "true"
     serve(load_server_config(args.config, overrides))
     return 0

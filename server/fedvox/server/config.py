@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedvox.tls import SERVER, TlsFiles, resolve
 from fedvox.wire.settings import load_settings
-from fedvox.wire.taskconfig import ModelSpec, TrainSettings
+from fedvox.wire.taskconfig import ModelSpec, TrainSettings, check_channels
 
 ENV_PREFIX = "FEDVOX_SERVER_"
 
@@ -36,6 +37,13 @@ class ServerConfig:
     max_chunk_kb: int = 4096
     max_workers: int = 128  # gRPC threads; long-polls hold one each
     allowed_sites: tuple[str, ...] = ()  # empty = any site id may register
+    # mutual TLS (docs/security.md): a `fedvox provision` folder, or the three files (which win
+    # over the folder's); without them the server refuses to start unless `insecure` is set
+    tls_dir: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    insecure: bool = False  # plaintext, unauthenticated: any caller can act as any site
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -51,6 +59,29 @@ class ServerConfig:
         create(self.strategy, self.strategy_params)  # unknown names and bad values fail here
         self.model.validate()
         self.train.validate()
+        check_channels(self.model, self.train)
+
+
+def server_tls(config: ServerConfig) -> TlsFiles | None:
+    """The server's certificate files, or None when explicitly insecure; else a ConfigError."""
+    return resolve(
+        SERVER,
+        tls_dir=config.tls_dir,
+        cert=config.tls_cert,
+        key=config.tls_key,
+        ca=config.tls_ca,
+        insecure=config.insecure,
+        flags=_TLS_FLAGS,
+    )
+
+
+_TLS_FLAGS = {
+    "dir": "--tls-dir / tls_dir",
+    "cert": "--tls-cert",
+    "key": "--tls-key",
+    "ca": "--tls-ca",
+    "insecure": "--insecure / insecure: true",
+}
 
 
 def load_server_config(

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +110,29 @@ class RoundJournal:
         local_steps: int,
         metrics: dict[str, float],
     ) -> SpilledUpdate:
+        staged = self.stage(blob) if digest else None
+        return self.commit(staged, site_id, task_id, digest, num_examples, local_steps, metrics)
+
+    def stage(self, blob: bytes | bytearray | memoryview) -> Path:
+        """Write and fsync a blob under a temporary name (slow; needs no lock)."""
+        path = self.path / f".staged-{uuid.uuid4().hex}"
+        _write_atomic(path, blob)
+        return path
+
+    def commit(
+        self,
+        staged: Path | None,
+        site_id: str,
+        task_id: str,
+        digest: str,
+        num_examples: int,
+        local_steps: int,
+        metrics: dict[str, float],
+    ) -> SpilledUpdate:
+        """Give a staged blob its site's name, then write the header that makes it count."""
         blob_path = self.path / f"{site_id}.safetensors"
-        if digest:
-            _write_atomic(blob_path, blob)
+        if staged is not None:
+            os.replace(staged, blob_path)
         entry = SpilledUpdate(
             site_id, task_id, num_examples, local_steps, dict(metrics), digest, blob_path
         )

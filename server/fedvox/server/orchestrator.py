@@ -33,7 +33,13 @@ from fedvox.server.config import ServerConfig
 from fedvox.server.journal import RoundJournal, SpilledUpdateSet, write_json_atomic
 from fedvox.server.sites import SiteRegistry
 from fedvox.server.store import Checkpoint, Store
-from fedvox.server.strategies import BatchStrategy, RoundContext, Strategy, StreamingStrategy
+from fedvox.server.strategies import (
+    BatchStrategy,
+    RoundContext,
+    Strategy,
+    StreamingStrategy,
+    Update,
+)
 from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, Task, TaskKind
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.taskconfig import TaskConfig
@@ -211,6 +217,8 @@ class Orchestrator:
         """Record liveness; True asks the site to abort `task_id` (its round has closed)."""
         with self.cond:
             site = self.registry.touch(site_id)
+            if not math.isfinite(progress):
+                raise invalid(f"progress {progress} is not a finite number")
             site.progress = min(max(progress, 0.0), 1.0)
             return bool(task_id) and (self.open is None or task_id not in self.open.tasks)
 
@@ -304,22 +312,45 @@ class Orchestrator:
         return True
 
     def accept(self, header: ResultHeader, blob: bytearray, tensors: StateDict) -> bool:
-        """Count a checked result; returns False when it was a replay."""
+        """Count a checked result; returns False when it was a replay.
+
+        The blob is written to the journal (and fsynced) before it counts, so a killed
+        server finds it again; that slow write happens outside the lock."""
         with self.cond:
-            if self._is_replay(header):  # a concurrent upload of the same task won the race
+            if self._is_replay(header):
                 return False
             task = self._task_for_result(header)  # the round may have closed during the upload
-            round_ = self.open
-            assert round_ is not None
             if task.kind is TaskKind.TRAIN:
                 check_schema(tensors, self.upload_schema)
             elif task.kind is TaskKind.INIT and not tensors:
                 raise invalid("initial weights hold no tensors")
-            # on disk before it counts: a killed server finds it in the journal
-            round_.journal.spill(
+            assert self.open is not None
+            journal = self.open.journal
+        try:
+            staged = journal.stage(blob) if header.digest else None
+        except OSError as exc:  # the round closed (journal removed) or the disk failed
+            with self.cond:
+                self._task_for_result(header)  # FAILED_PRECONDITION if the round closed
+            raise WireError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot journal the result: {exc}"
+            ) from None
+        try:
+            return self._count(header, tensors, staged)
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)  # still there only if it did not count
+
+    def _count(self, header: ResultHeader, tensors: StateDict, staged: Path | None) -> bool:
+        with self.cond:
+            if self._is_replay(header):  # a concurrent upload of the same task won the race
+                return False
+            task = self._task_for_result(header)  # closed while we were writing?
+            round_ = self.open
+            assert round_ is not None
+            round_.journal.commit(
+                staged,
                 header.site_id,
                 task.task_id,
-                blob,
                 header.digest,
                 header.num_examples,
                 header.local_steps,
@@ -329,7 +360,15 @@ class Orchestrator:
                 header.num_examples, dict(header.metrics), header.digest
             )
             self.accepted[header.task_id] = (header.site_id, header.digest)
-            self._fold_ready(round_)
+            fresh = Update(
+                header.site_id,
+                header.num_examples,
+                tensors,
+                header.local_steps,
+                dict(header.metrics),
+                owned=True,  # views into this Submit's receive buffer, used nowhere else
+            )
+            self._fold_ready(round_, fresh=fresh)
             site = self.registry.sites[header.site_id]
             site.last_metrics, site.task_id, site.progress = dict(header.metrics), "", 1.0
             log.info(
@@ -514,7 +553,9 @@ class Orchestrator:
         # do not wait out the deadline for sites that have stopped heartbeating
         return not any(self.registry.is_alive(self.registry.sites[s]) for s in pending)
 
-    def _fold_ready(self, open_: OpenRound, *, closing: bool = False) -> None:
+    def _fold_ready(
+        self, open_: OpenRound, *, closing: bool = False, fresh: Update | None = None
+    ) -> None:
         """Fold spilled updates into a streaming scheme in sorted site order.
 
         A site's update waits (on disk) until every site before it has answered, or
@@ -525,7 +566,12 @@ class Orchestrator:
         while open_.folded < len(order):
             entry = open_.journal.entries.get(order[open_.folded])
             if entry is not None:
-                self.strategy.accept(entry.load())
+                # the upload being accepted is still in memory: fold it from there rather
+                # than map back the file it was just spilled to
+                if fresh is not None and fresh.site_id == entry.site_id:
+                    self.strategy.accept(fresh)
+                else:
+                    self.strategy.accept(entry.load())
             elif not closing:
                 return
             open_.folded += 1

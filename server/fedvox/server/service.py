@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from fedvox.server.identity import require_admin, require_site
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb
@@ -77,6 +78,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
     def Register(
         self, request: pb.RegisterRequest, context: grpc.ServicerContext
     ) -> pb.RegisterResponse:
+        require_site(context, request.site_id)
         self.orch.register(request.site_id, request.num_examples, dict(request.info))
         return pb.RegisterResponse(
             federation_id=self.orch.federation_id,
@@ -87,6 +89,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
     def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.ServicerContext
     ) -> pb.GetTaskResponse:
+        require_site(context, request.site_id)
         remaining = context.time_remaining()
         timeout = (remaining - 1.0) if remaining is not None else float("inf")
         task = self.orch.next_task(request.site_id, max(timeout, 0.0))
@@ -98,6 +101,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
     def Download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadResponse]:
+        require_site(context, request.site_id)
         self.orch.touch(request.site_id)
         path = self.orch.blob_path(request.digest)
         yield from _chunks(iter_file_chunks(path, request.offset), path.stat().st_size)
@@ -110,6 +114,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
         if first is None or not first.HasField("header"):
             raise invalid("the first Submit message must be a header")
         header = _header_from_pb(first.header)
+        require_site(context, header.site_id)
         if self.orch.begin_submit(header):
             return pb.SubmitResponse(
                 accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
@@ -143,6 +148,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatResponse:
+        require_site(context, request.site_id)
         abort = self.orch.heartbeat(request.site_id, request.task_id, request.progress)
         return pb.HeartbeatResponse(abort=abort)
 
@@ -155,12 +161,14 @@ class AdminService(pb_grpc.AdminServiceServicer):
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
+        require_admin(context)
         return status_to_pb(self.orch.status())
 
     @_stream_errors
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadResponse]:
+        require_admin(context)
         path = self.orch.current_model()
         yield from _chunks(iter_file_chunks(path, request.offset), path.stat().st_size)
 

@@ -64,4 +64,9 @@ class SiteRegistry:
         return self.clock() - site.last_seen_mono <= self.site_timeout_s
 
     def alive_ids(self) -> list[str]:
-        return sorted(s.site_id for s in self.sites.values() if self.is_alive(s))
+        """Sites to sample: alive, and without a data problem reported at registration."""
+        return sorted(
+            s.site_id
+            for s in self.sites.values()
+            if self.is_alive(s) and "data_error" not in s.info  # fedvox.client.checks.INFO_ERROR
+        )

@@ -41,6 +41,9 @@ class Update:
     tensors: StateDict  # deltas: local weights minus the round's global weights (+ extras)
     local_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # True when `tensors` are writable views into a buffer nobody else uses (the Submit's
+    # receive buffer): a scheme may then scale them in place and keep them as its sums
+    owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,14 @@ def weighted_delta_sums(
     sums: dict[str, np.ndarray] = {}
     total = 0.0
     for update in updates:
-        fold(sums, update.tensors, float(update.num_examples))
+        fold(sums, update.tensors, float(update.num_examples), reuse=update.owned)
         total += update.num_examples
     return sums, total
 
 
-def fold(sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: float) -> None:
+def fold(
+    sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: float, *, reuse: bool = False
+) -> None:
     """sums[k] += weight * tensors[k].
 
     Sums keep the tensor's own float width (one model's worth of memory); integer
@@ -162,6 +167,15 @@ def fold(sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: floa
     """
     for name, value in tensors.items():
         acc = sums.get(name)
+        if reuse and value.dtype.kind == "f" and value.flags.writeable:
+            # `reuse`: the caller hands the buffer over. Scale it in place (no temporary)
+            # and, for the first update, keep it as the sum (no second model in memory).
+            np.multiply(value, value.dtype.type(weight), out=value)
+            if acc is None:
+                sums[name] = value
+            else:
+                acc += value
+            continue
         if acc is None:
             dtype = value.dtype if value.dtype.kind == "f" else np.dtype(np.float64)
             acc = sums[name] = np.zeros(value.shape, dtype=dtype)

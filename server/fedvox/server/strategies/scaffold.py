@@ -65,7 +65,8 @@ class Scaffold(StreamingStrategy):
         self._sums, self._count = {}, 0
 
     def accept(self, update: Update) -> None:
-        fold(self._sums, update.tensors, 1.0)  # the paper's plain mean over sites
+        # the paper's plain mean over sites
+        fold(self._sums, update.tensors, 1.0, reuse=update.owned)
         self._count += 1
 
     def finish(self) -> StateDict:

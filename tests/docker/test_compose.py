@@ -1,0 +1,197 @@
+"""The Compose deployment against a real Docker engine: images, a 3-site run, scaled replicas,
+a site lost mid-round, a server restarted mid-run. Each test is its own Compose project, brought
+down with its volumes afterwards; the data folder is synthesised once by the data service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedvox.admin import download_model
+from tests.docker.compose import SITES, Compose, finite_numbers
+
+pytestmark = pytest.mark.docker
+
+
+def rounds_of(status: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(h["kind"], int(h["round"])) for h in status["history"]]
+
+
+def done(status: dict[str, Any]) -> bool:
+    return bool(status["phase"] == "done")
+
+
+def assert_checkpoint(compose: Compose, tmp_path: Path, round_: int, digest: str) -> None:
+    """The server volume holds checkpoint `round_`, whole, with finite weights of `digest`."""
+    compose.copy_from("server", "/state/checkpoints", tmp_path / "checkpoints")
+    folder = tmp_path / "checkpoints" / f"round-{round_:06d}"
+    meta = json.loads((folder / "round.json").read_text())
+    blob = (folder / "global.safetensors").read_bytes()
+    assert meta["round"] == round_
+    assert hashlib.sha256(blob).hexdigest() == meta["global_digest"] == digest
+    weights = load_file(str(folder / "global.safetensors"))
+    assert weights and all(np.isfinite(w).all() for w in weights.values())
+
+
+def assert_sites_exited_cleanly(compose: Compose, services: list[str], restarts: bool) -> None:
+    states = compose.wait_exited(services, timeout=180)
+    for name, container in states.items():
+        state = container["State"]
+        assert state["ExitCode"] == 0 and not state["OOMKilled"], (name, state)
+        if not restarts:
+            assert container["RestartCount"] == 0, (name, compose.logs())
+
+
+def test_images(project: Compose) -> None:
+    """Both images: non-root, unbuffered; the server's has a health check and no torch."""
+    tag = project.env.get("FEDVOX_TAG", "local")
+    server_image, client_image = f"fedvox-server:{tag}", f"fedvox-client:{tag}"
+    for image in (server_image, client_image):
+        (config,) = json.loads(project.docker("image", "inspect", image))
+        assert config["Config"]["User"] == "fedvox", image
+        assert "PYTHONUNBUFFERED=1" in config["Config"]["Env"], image
+    (server,) = json.loads(project.docker("image", "inspect", server_image))
+    assert "grpc_health" in " ".join(server["Config"]["Healthcheck"]["Test"])
+    assert "/state" in server["Config"]["Volumes"]
+    probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('monai'))"
+    out = project.docker("run", "--rm", "--entrypoint", "python3", server_image, "-c", probe)
+    assert out.split() == ["True", "None"], out  # no torch, no MONAI in the server image
+    probe = "import os, torch, monai, nibabel, fedvox.client.runner; print(os.getuid())"
+    out = project.docker("run", "--rm", "--entrypoint", "python3", client_image, "-c", probe)
+    assert out.strip() == "10001"
+
+
+def test_gpu_override(project: Compose) -> None:
+    """docker-compose.gpu.yml reserves NVIDIA GPUs for every site service, the base file none."""
+    base = json.loads(project.run("config", "--format", "json").stdout)
+    gpu = Compose(project.project, project.env, ("docker-compose.yml", "docker-compose.gpu.yml"))
+    merged = json.loads(gpu.run("config", "--format", "json").stdout)
+    for service in [*SITES, "client"]:
+        deploy = base["services"][service].get("deploy") or {}
+        assert not (deploy.get("resources") or {}).get("reservations"), service
+        devices = merged["services"][service]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert merged["services"]["client"]["deploy"]["replicas"] == 0
+    assert not (merged["services"]["server"].get("deploy") or {}).get("resources")
+
+
+def test_three_sites_two_rounds(project: Compose, tmp_path: Path) -> None:
+    """`docker compose up`: data service, server, site-a/b/c; 2 rounds; sites exit 0 on STOP."""
+    project.run("up", "--detach")
+    status = project.wait_status(done, "the federation to finish", timeout=420)
+    assert_sites_exited_cleanly(project, SITES, restarts=False)
+    assert project.container("data")["State"]["ExitCode"] == 0
+    assert int(status["completed_round"]) == 2 and int(status["total_rounds"]) == 2
+    assert rounds_of(status) == [
+        ("init", 0),
+        ("evaluate", 0),
+        ("train", 1),
+        ("train", 2),
+        ("evaluate", 2),
+    ]
+    for entry in status["history"][1:]:
+        assert entry["sites"] == SITES, entry
+    final = status["history"][-1]["metrics"]
+    assert {f"{s}/test_dice" for s in SITES} <= set(final)
+    assert finite_numbers(status["history"]) and finite_numbers(status["sites"])
+    assert_checkpoint(project, tmp_path, 2, status["global_digest"])
+    # the server stays up and healthy for the model to be fetched, here through the host port
+    server = project.container("server")
+    assert server["State"]["Running"] and server["State"]["Health"]["Status"] == "healthy"
+    digest = download_model(f"127.0.0.1:{project.port}", tmp_path / "model.safetensors")
+    assert digest == status["global_digest"]
+
+
+def test_scaled_clients_are_distinct_sites(project: Compose) -> None:
+    """`--scale client=2`: two more sites, each with its own id and its own pool shard."""
+    project.env["FEDVOX_SERVER_MIN_SITES"] = "5"  # every site in every round
+    project.env["FEDVOX_SERVER_ROUNDS"] = "1"
+    project.run("up", "--detach", "--scale", "client=2")
+    status = project.wait_status(done, "the federation to finish", timeout=420)
+    assert_sites_exited_cleanly(project, [*SITES, "client"], restarts=False)
+    ids = sorted(s["site_id"] for s in status["sites"])
+    assert ids == ["shard-00", "shard-01", *SITES], ids
+    assert status["history"][-1]["sites"] == ids  # all five took part in the run
+    replicas = project.containers("client")
+    assert len(replicas) == 2
+    hosts = {r["Config"]["Hostname"] for r in replicas}
+    shards = {s["site_id"]: s["info"] for s in status["sites"] if s["site_id"].startswith("shard")}
+    # each replica registered from its own container with its own shard as data root
+    assert {info["host"] for info in shards.values()} == hosts
+    assert {site: info["data_root"] for site, info in shards.items()} == {
+        "shard-00": "/pool/shard-00",
+        "shard-01": "/pool/shard-01",
+    }
+    logs = project.logs("client")
+    for shard in shards:
+        assert re.search(rf"claim: \w+ holds shard {shard} of /pool", logs), logs[-3000:]
+
+
+def test_round_closes_without_a_stopped_site(project: Compose) -> None:
+    """A site stopped mid-round: the round closes with the others' results and the run ends."""
+    project.env.update(
+        {
+            "FEDVOX_SERVER_MIN_SITES": "2",
+            "FEDVOX_SERVER_TRAIN_LOCAL_STEPS": "200",
+            "FEDVOX_SERVER_SITE_TIMEOUT_S": "8",
+            "FEDVOX_SERVER_ROUND_TIMEOUT_S": "240",
+        }
+    )
+    project.run("up", "--detach")
+
+    def training_round_1(status: dict[str, Any]) -> bool:
+        busy = [s for s in status["sites"] if s["current_task_id"] and s["progress"] < 0.5]
+        return (
+            int(status["current_round"]) == 1
+            and int(status["current_expected"]) == 3
+            and ("evaluate", 0) in rounds_of(status)
+            and bool(busy)
+        )
+
+    status = project.wait_status(training_round_1, "round 1 of training", timeout=300)
+    busy = [s for s in status["sites"] if s["current_task_id"] and s["progress"] < 0.5]
+    victim = min(busy, key=lambda s: float(s["progress"]))["site_id"]
+    project.may_fail.add(victim)
+    project.run("stop", "--timeout", "5", victim)
+    status = project.wait_status(done, "the federation to finish", timeout=420)
+    survivors = [s for s in SITES if s != victim]
+    (round_1,) = [h for h in status["history"] if (h["kind"], int(h["round"])) == ("train", 1)]
+    assert round_1["sites"] == survivors, round_1  # closed without the stopped site
+    assert float(round_1["duration_seconds"]) < 240  # by liveness and quorum, not the deadline
+    assert int(status["completed_round"]) == 2
+    assert finite_numbers(status["history"])
+    assert_sites_exited_cleanly(project, survivors, restarts=False)
+    assert project.container(victim)["State"]["Status"] == "exited"
+
+
+def test_server_restart_resumes_from_its_checkpoint(project: Compose, tmp_path: Path) -> None:
+    """The server container restarted mid-run resumes from its last checkpoint and finishes."""
+    project.env.update({"FEDVOX_SERVER_ROUNDS": "3", "FEDVOX_SERVER_TRAIN_LOCAL_STEPS": "60"})
+    project.run("up", "--detach")
+    before = project.wait_status(
+        lambda s: int(s["completed_round"]) >= 1 and not done(s), "round 1", timeout=300
+    )
+    server = project.container("server")
+    project.may_fail.update(SITES)  # see the end of this test
+    project.docker("restart", "-t", "30", server["Id"])
+    status = project.wait_status(done, "the federation to finish", timeout=420)
+    logs = project.logs("server")
+    assert "signal 15, shutting down" in logs  # a graceful stop on SIGTERM
+    resumed = re.findall(r"resume: continuing after round (\d+)", logs)
+    assert resumed and int(resumed[-1]) >= int(before["completed_round"]), logs[-3000:]
+    assert status["federation_id"] == before["federation_id"]
+    assert int(status["completed_round"]) == 3
+    trained = [r for kind, r in rounds_of(status) if kind == "train"]
+    assert trained == [1, 2, 3]
+    assert finite_numbers(status["history"])
+    assert_checkpoint(project, tmp_path, 3, status["global_digest"])
+    # a site the restarted server no longer knows fails its next call and is restarted by
+    # its restart policy; each ends with exit code 0 on STOP
+    assert_sites_exited_cleanly(project, SITES, restarts=True)
