@@ -54,8 +54,11 @@ stage engine
 started_engine=""
 finish() {
   local status=$?
+  stage cleanup
   if [ -n "$started_engine" ]; then
-    docker image prune -f >/dev/null 2>&1 || true  # dangling layers of superseded builds
+    # superseded builds, once a week: the untagged images of the `deps` build stages are
+    # the layer cache that keeps rebuilds quick, so recent ones stay
+    docker image prune -f --filter until=168h >/dev/null 2>&1 || true
     bash docker/engine.sh stop || true
   fi
   report

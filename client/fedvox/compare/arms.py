@@ -43,7 +43,7 @@ class Settings:
     overrides: dict[str, str]  # server settings, less train.local_steps and train.seed
     strategy_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scheme -> pairs
     config: Path | None = None
-    threads: int = 1  # CPU threads for an arm, split evenly between its concurrent clients
+    threads: int = 1  # torch CPU threads of every client process (and of the evaluation)
     insecure: bool = False
     timeout: float = 3600.0
 
@@ -55,12 +55,9 @@ class Settings:
             "round_timeout_s": self.overrides.get("round_timeout_s", str(self.timeout)),
         }
 
-    def env(self, clients: int) -> dict[str, str]:
-        threads = str(self.client_threads(clients))
+    def env(self) -> dict[str, str]:
+        threads = str(self.threads)
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": "0"}
-
-    def client_threads(self, clients: int) -> int:
-        return max(1, self.threads // clients)
 
 
 def arm_kind(arm: str) -> str:
@@ -85,6 +82,15 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+# set when the harness is told to stop (SIGTERM): every federation still running raises at its
+# next status poll, so run_federation's cleanup stops its server and clients
+STOP = threading.Event()
+
+
+class Stopped(Exception):
+    pass
+
+
 class _Watch:
     """Feeds one federation's progress into the bar."""
 
@@ -95,6 +101,8 @@ class _Watch:
         pass
 
     def status(self, status: dict[str, Any]) -> None:
+        if STOP.is_set():
+            raise Stopped("fedvox compare was asked to stop")
         self.bar.update(self.part, round_fraction(status))
 
 
@@ -130,7 +138,6 @@ def run_arm(
         strategy = arm
     params = settings.strategy_params.get(strategy, ()) if kind == "federated" else ()
     overrides = settings.overrides_for(seed, steps)
-    clients = sum(len(dirs) for _, dirs in runs.values())
     feds = {
         label: Federation(
             out=out,
@@ -143,8 +150,8 @@ def run_arm(
             overrides=overrides,
             timeout=settings.timeout,
             insecure=settings.insecure,
-            threads=settings.client_threads(clients),
-            env=settings.env(clients),
+            threads=settings.threads,
+            env=settings.env(),
         )
         for label, (out, dirs) in runs.items()
     }

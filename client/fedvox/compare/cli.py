@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from fedvox.compare.aggregate import LOCAL_ONLY, POOLED_ARM
-from fedvox.compare.arms import RESULT_JSON, Settings, load_result, run_arm, write_json_atomic
+from fedvox.compare.arms import (
+    RESULT_JSON,
+    STOP,
+    Settings,
+    load_result,
+    run_arm,
+    write_json_atomic,
+)
 from fedvox.compare.outputs import (
     code_version,
     dumps,
@@ -82,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=os.cpu_count() or 1,
-        help="CPU threads per arm, split evenly between its clients (default: all cores); "
+        default=1,
+        help="torch CPU threads of each client process and of the evaluation (default 1); "
         "part of the configuration, since it can change the floating-point results",
     )
     parser.add_argument(
@@ -139,6 +147,20 @@ def _check(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     strategies, overrides = _check(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _compare(args, strategies, overrides)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: stop every running federation's processes, then exit (finished arms stay)."""
+    STOP.set()
+    raise SystemExit(128 + signum)
+
+
+def _compare(args: argparse.Namespace, strategies: list[str], overrides: dict[str, str]) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     arms = [*strategies, LOCAL_ONLY, POOLED_ARM]
@@ -159,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         scenario = {"name": name, "description": f"the sites under {args.data.name}/"}
     else:
         chosen = SCENARIOS[args.scenario]
-        scenario = {"name": chosen.name, "description": chosen.description.capitalize()}
+        text = chosen.description
+        scenario = {"name": chosen.name, "description": text[:1].upper() + text[1:]}
 
     def say(text: str) -> None:
         print(f"fedvox compare: {text}", file=sys.stderr, flush=True)
@@ -189,11 +212,6 @@ def run(args: argparse.Namespace) -> int:
         "config_file": args.config.name if args.config else None,
         "strategy_params": {k: list(v) for k, v in params.items()},
         "threads": args.threads,
-        "client_threads": {
-            "federated": settings.client_threads(n),
-            LOCAL_ONLY: settings.client_threads(n),
-            POOLED_ARM: settings.client_threads(1),
-        },
         "transport": "plaintext" if args.insecure else "mutual TLS",
     }
     _check_same_run(out, config)

@@ -38,7 +38,11 @@ class Evaluator:
     """Per-case lesion Dice of models on cases; preprocessed volumes are cached across calls."""
 
     def __init__(self, threads: int) -> None:
+        import warnings
+
         import torch
+
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
 
         torch.set_num_threads(max(1, threads))
         self._sets: dict[tuple[tuple[str, ...], Any], Any] = {}

@@ -178,21 +178,22 @@ def report_markdown(document: dict[str, Any], plots: Sequence[str]) -> str:
                     and (b := stats[LOCAL_ONLY][s].mean) is not None
                     and a > b
                 ]
-                beats_text = f"{len(beats)}/{len(sites)} " + (
-                    f"({', '.join(beats)})" if beats else ""
-                )
+                beats_text = _count(beats, sites)
             else:
                 beats_text = "-"
             lines.append(
                 f"| {arm} | {_ratio(document['fl_pooled_ratio'].get(arm))} | "
                 f"{_ratio(min(defined) if defined else None)} | "
-                f"{len(reached)}/{len(sites)} {('(' + ', '.join(reached) + ')') if reached else ''}"
-                f" | {beats_text} |"
+                f"{_count(reached, sites)} | {beats_text} |"
             )
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _count(chosen: list[str], sites: list[str]) -> str:
+    return f"{len(chosen)}/{len(sites)}" + (f" ({', '.join(chosen)})" if chosen else "")
 
 
 def _signed(value: float | None, reference: float | None) -> str:
@@ -214,7 +215,8 @@ def code_version() -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # uncommitted or untracked source files count: they are part of what ran
+    status = git("status", "--porcelain", "--", "proto", "server", "client")
     return {
         "describe": git("describe", "--always", "--dirty", "--tags"),
         "commit": git("rev-parse", "HEAD"),

@@ -28,17 +28,23 @@ def format_duration(seconds: float) -> str:
 
 
 def round_fraction(status: dict[str, Any]) -> float:
-    """How far a federation is, from its server status: finished rounds plus the sites' mean
-    progress through the current round, over the total."""
+    """How far a federation is, from its server status: finished rounds plus the open round's
+    share (submitted results count whole, sites still training their reported progress; a
+    progress of 1.0 is a finished task, counted through the results), over the total."""
     total = int(status.get("total_rounds", 0) or 0)
     if status.get("phase") == "done":
         return 1.0
     if total <= 0:
         return 0.0
     done = int(status.get("completed_round", 0) or 0)
-    sites = status.get("sites", [])
-    current = sum(float(s.get("progress", 0.0)) for s in sites) / len(sites) if sites else 0.0
-    return min(1.0, (done + min(current, 1.0)) / total)
+    expected = int(status.get("current_expected", 0) or 0)
+    current = 0.0
+    if expected > 0 and int(status.get("current_round", 0) or 0) > done:
+        training = sum(
+            p for s in status.get("sites", []) if (p := float(s.get("progress", 0.0))) < 1.0
+        )
+        current = min(1.0, (int(status.get("current_results", 0) or 0) + training) / expected)
+    return min(1.0, (done + current) / total)
 
 
 class ProgressBar:
@@ -71,7 +77,7 @@ class ProgressBar:
 
     def update(self, part: int, fraction: float) -> None:
         with self.lock:
-            self.parts[part] = fraction
+            self.parts[part] = max(self.parts[part], fraction)  # never moves backwards
             self._draw()
 
     def finish(self, note: str = "") -> None:

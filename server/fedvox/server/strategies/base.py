@@ -165,6 +165,7 @@ def fold(
     counters are summed in float64. The orchestrator folds in sorted site order, so
     the rounding, and hence the result, does not depend on arrival order.
     """
+    scratch: dict[np.dtype[Any], np.ndarray] = {}
     for name, value in tensors.items():
         acc = sums.get(name)
         if reuse and value.dtype.kind == "f" and value.flags.writeable:
@@ -175,11 +176,38 @@ def fold(
                 sums[name] = value
             else:
                 acc += value
-            continue
-        if acc is None:
+        elif acc is None:
             dtype = value.dtype if value.dtype.kind == "f" else np.dtype(np.float64)
-            acc = sums[name] = np.zeros(value.shape, dtype=dtype)
-        acc += np.multiply(value, acc.dtype.type(weight), dtype=acc.dtype)
+            out = np.empty(value.shape, dtype=dtype)  # an array even for 0-d tensors
+            sums[name] = np.multiply(value, dtype.type(weight), out=out, dtype=dtype)
+        else:
+            # read-only (a memory map of a spilled blob): no model-sized temporary
+            _add_scaled(acc, value, weight, scratch)
+
+
+_BLOCK = 1 << 17  # elements: a block of the update and its scaled copy stay in L2
+
+
+def _add_scaled(
+    acc: np.ndarray, value: Array, weight: float, scratch: dict[np.dtype[Any], np.ndarray]
+) -> None:
+    """acc += weight * value, rounded as `acc += np.multiply(value, w, dtype=acc.dtype)`.
+
+    Block by block through a small scratch buffer, so memory sees one pass over each
+    array (as in `acc += value`) and no model-sized temporary is allocated and faulted in."""
+    w = acc.dtype.type(weight)
+    if acc.size <= _BLOCK or not acc.flags.c_contiguous:  # small: a temporary of <= 1 block
+        acc += np.multiply(value, w, dtype=acc.dtype)
+        return
+    flat_acc, flat_value = acc.reshape(-1), np.ascontiguousarray(value).reshape(-1)
+    buffer = scratch.get(acc.dtype)
+    if buffer is None:
+        buffer = scratch[acc.dtype] = np.empty(_BLOCK, dtype=acc.dtype)
+    for start in range(0, flat_acc.size, _BLOCK):
+        part = flat_acc[start : start + _BLOCK]
+        scaled = buffer[: part.size]
+        np.multiply(flat_value[start : start + _BLOCK], w, out=scaled, dtype=acc.dtype)
+        np.add(part, scaled, out=part)
 
 
 def apply_step(base: StateDict, step: Mapping[str, np.ndarray]) -> StateDict:
