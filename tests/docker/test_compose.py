@@ -82,6 +82,22 @@ def test_gpu_override(project: Compose) -> None:
     assert not (merged["services"]["server"].get("deploy") or {}).get("resources")
 
 
+def test_remote_site_compose_file(project: Compose) -> None:
+    """docker/site.compose.yml: one site on its own host, pointed at a remote server."""
+    site = Compose(project.project, dict(project.env), ("docker/site.compose.yml",))
+    missing = site.run("config", check=False)
+    assert missing.returncode != 0 and "FEDVOX_SITE_ID" in missing.stderr
+    site.env.update(
+        FEDVOX_SITE_ID="hospital-x", FEDVOX_SERVER="fl.example.org:8787", FEDVOX_SITE_DATA="/srv/ct"
+    )
+    config = json.loads(site.run("config", "--format", "json").stdout)["services"]["site"]
+    assert config["environment"]["FEDVOX_CLIENT_SERVER"] == "fl.example.org:8787"
+    assert config["environment"]["FEDVOX_CLIENT_SITE_ID"] == "hospital-x"
+    (data,) = [v for v in config["volumes"] if v["target"] == "/data"]
+    assert (data["source"], data["read_only"]) == ("/srv/ct", True)
+    assert config["image"] == f"fedvox-client:{project.env.get('FEDVOX_TAG', 'local')}"
+
+
 def test_three_sites_two_rounds(project: Compose, tmp_path: Path) -> None:
     """`docker compose up`: data service, server, site-a/b/c; 2 rounds; sites exit 0 on STOP."""
     project.run("up", "--detach")
@@ -179,7 +195,6 @@ def test_server_restart_resumes_from_its_checkpoint(project: Compose, tmp_path: 
         lambda s: int(s["completed_round"]) >= 1 and not done(s), "round 1", timeout=300
     )
     server = project.container("server")
-    project.may_fail.update(SITES)  # see the end of this test
     project.docker("restart", "-t", "30", server["Id"])
     status = project.wait_status(done, "the federation to finish", timeout=420)
     logs = project.logs("server")
@@ -192,6 +207,5 @@ def test_server_restart_resumes_from_its_checkpoint(project: Compose, tmp_path: 
     assert trained == [1, 2, 3]
     assert finite_numbers(status["history"])
     assert_checkpoint(project, tmp_path, 3, status["global_digest"])
-    # a site the restarted server no longer knows fails its next call and is restarted by
-    # its restart policy; each ends with exit code 0 on STOP
-    assert_sites_exited_cleanly(project, SITES, restarts=True)
+    # the sites rode through the restart: no crash, no restart by their restart policy
+    assert_sites_exited_cleanly(project, SITES, restarts=False)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedvox.compare.aggregate import LOCAL_ONLY, POOLED_ARM
 from fedvox.compare.arms import (
@@ -39,6 +39,9 @@ from fedvox.compare.scenarios import (
 )
 from fedvox.sim.cli import SIM_DEFAULTS
 from fedvox.wire.settings import parse_overrides
+
+if TYPE_CHECKING:
+    from fedvox.compare.evaluate import Evaluator
 
 RESERVED = ("train.local_steps", "train.seed", "rounds", "strategy", "seed", "min_sites")
 CUSTOM = "custom"
@@ -119,7 +122,7 @@ def _strategy_params(pairs: list[str], strategies: list[str]) -> dict[str, tuple
 def _check(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     from fedvox.server.strategies import REGISTRY, create
 
-    if (args.scenario is None) == (args.data is None) and args.data is None:
+    if args.scenario is None and args.data is None:
         raise ValueError("choose a --scenario, or point --data at your site folders")
     if args.seeds < 1 or args.rounds < 1 or args.local_steps < 1 or args.threads < 1:
         raise ValueError("--seeds, --rounds, --local-steps and --threads must be >= 1")
@@ -150,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _compare(args, strategies, overrides)
+    except BaseException:
+        STOP.set()  # Ctrl-C or a failed arm: stop the federations still running beside it
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -224,14 +230,16 @@ def _compare(args: argparse.Namespace, strategies: list[str], overrides: dict[st
         f"{args.rounds} rounds x {args.local_steps} local steps; {finished} of {len(folders)} "
         f"arms already done in {out}"
     )
-    from fedvox.compare.evaluate import Evaluator
-
-    evaluator = Evaluator(args.threads)
+    evaluator: Evaluator | None = None  # torch is imported only when an arm has to run
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for arm in arms:
             result = load_result(folders[(arm, seed)])
             if result is None:
+                if evaluator is None:
+                    from fedvox.compare.evaluate import Evaluator
+
+                    evaluator = Evaluator(args.threads)
                 result = run_arm(
                     arm,
                     seed,

@@ -225,17 +225,16 @@ def code_version() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import monai
-    import numpy
-    import torch
+    """Versions of what computes the numbers (read from the installed metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "monai": str(monai.__version__),
-        "numpy": str(numpy.__version__),
-        "platform": platform.platform(),
-    }
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "monai", "numpy", "fedvox-client", "fedvox-server", "fedvox-proto"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def write_text_atomic(path: Path, text: str) -> None:
