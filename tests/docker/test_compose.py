@@ -58,7 +58,7 @@ def test_images(project: Compose) -> None:
         assert config["Config"]["User"] == "fedvox", image
         assert "PYTHONUNBUFFERED=1" in config["Config"]["Env"], image
     (server,) = json.loads(project.docker("image", "inspect", server_image))
-    assert "grpc_health" in " ".join(server["Config"]["Healthcheck"]["Test"])
+    assert server["Config"]["Healthcheck"]["Test"][1:3] == ["fedvox", "health"]
     assert "/state" in server["Config"]["Volumes"]
     probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('monai'))"
     out = project.docker("run", "--rm", "--entrypoint", "python3", server_image, "-c", probe)
@@ -85,11 +85,11 @@ def test_gpu_override(project: Compose) -> None:
 def test_remote_site_compose_file(project: Compose) -> None:
     """docker/site.compose.yml: one site on its own host, pointed at a remote server."""
     site = Compose(project.project, dict(project.env), ("docker/site.compose.yml",))
-    missing = site.run("config", check=False)
-    assert missing.returncode != 0 and "FEDVOX_SITE_ID" in missing.stderr
-    site.env.update(
-        FEDVOX_SITE_ID="hospital-x", FEDVOX_SERVER="fl.example.org:8787", FEDVOX_SITE_DATA="/srv/ct"
-    )
+    site.env.update(FEDVOX_SERVER="fl.example.org:8787", FEDVOX_SITE_DATA="/srv/ct")
+    site.env.pop("FEDVOX_SITE_ID", None)
+    missing = site.run("config", check=False)  # the site id is required, and named
+    assert missing.returncode != 0 and "FEDVOX_SITE_ID" in missing.stderr, missing.stderr
+    site.env["FEDVOX_SITE_ID"] = "hospital-x"
     config = json.loads(site.run("config", "--format", "json").stdout)["services"]["site"]
     assert config["environment"]["FEDVOX_CLIENT_SERVER"] == "fl.example.org:8787"
     assert config["environment"]["FEDVOX_CLIENT_SITE_ID"] == "hospital-x"
