@@ -158,7 +158,7 @@ def _read_owned(entry: SpilledUpdate) -> Update:
     return Update(entry.site_id, entry.num_examples, tensors, entry.local_steps, owned=True)
 
 
-def child(scheme: str, root: Path, sample_ms: float) -> dict[str, Any]:
+def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, Any]:
     global_weights: StateDict = parse_safetensors(bytearray((root / GLOBAL).read_bytes()))
     (journal,) = RoundJournal.recover(root / "journal")
     entries = [journal.entries[s] for s in sorted(journal.entries)]
@@ -171,60 +171,70 @@ def child(scheme: str, root: Path, sample_ms: float) -> dict[str, Any]:
     ring = [np.full(elements, 1e-6, dtype=np.float32) for _ in range(RING)]
     scratch = np.empty(BLOCK, dtype=np.float32)
     context = RoundContext(1, tuple(e.site_id for e in entries), n)
-    fold_ms: list[float] = []
-    floor_ms: list[float] = []
-    weighted_ms: list[float] = []
-    finish_ms = 0.0
+    fold_ms: list[list[float]] = []  # per round, per update
+    floor_ms: list[list[float]] = []
+    weighted_ms: list[list[float]] = []
+
+    calls = [0]
 
     def floor() -> None:
-        b = ring[len(floor_ms) % RING]
+        calls[0] += 1
+        b = ring[calls[0] % RING]
         start = time.perf_counter()
         np.add(floor_a, b, out=floor_a)
-        floor_ms.append(_ms(start))
-        b = ring[len(weighted_ms) % RING - 1]
+        floor_ms[-1].append(_ms(start))
+        b = ring[(calls[0] + 1) % RING]
         w = np.float32(0.5)
         start = time.perf_counter()
         for i in range(0, elements, BLOCK):  # a += w * b, the best numpy does without a temporary
             part, scaled = floor_a[i : i + BLOCK], scratch[: min(BLOCK, elements - i)]
             np.multiply(b[i : i + BLOCK], w, out=scaled)
             np.add(part, scaled, out=part)
-        weighted_ms.append(_ms(start))
+        weighted_ms[-1].append(_ms(start))
 
+    floor_ms.append([])
+    weighted_ms.append([])
     for _ in range(RING):  # warm the floors' pages
         floor()
     floor_ms.clear()
     weighted_ms.clear()
     sampler = Sampler(sample_ms / 1e3)
-    total_start = time.perf_counter()
-    if scheme == "median":
-        median = Median()
-        median.begin(global_weights, context)
-        floor()
-        start = time.perf_counter()
-        result = median.aggregate(SpilledUpdateSet(entries))
-        fold_ms.append(_ms(start) / n)
-    else:
-        fedavg = FedAvg()
-        fedavg.begin(global_weights, context)
-        for entry in entries:
-            if scheme == "fedavg-fresh":
-                update = _read_owned(entry)  # the receive buffer: not aggregation's time
-                floor()
-                start = time.perf_counter()
-                fedavg.accept(update)
-                fold_ms.append(_ms(start))
-                del update  # the Submit ends: its buffer goes, unless it became the sum
-            else:
-                floor()
-                start = time.perf_counter()
-                fedavg.accept(entry.load())
-                fold_ms.append(_ms(start))
-        start = time.perf_counter()
-        result = fedavg.finish()
-        finish_ms = _ms(start)
-    total_ms = _ms(total_start)
+    total_ms: list[float] = []
+    finish_ms: list[float] = []
+    for _ in range(rounds):  # a server runs round after round: every round is timed
+        fold_ms.append([])
+        floor_ms.append([])
+        weighted_ms.append([])
+        total_start = time.perf_counter()
+        if scheme == "median":
+            median = Median()
+            median.begin(global_weights, context)
+            floor()
+            start = time.perf_counter()
+            result = median.aggregate(SpilledUpdateSet(entries))
+            fold_ms[-1].append(_ms(start) / n)
+        else:
+            fedavg = FedAvg()
+            fedavg.begin(global_weights, context)
+            for entry in entries:
+                if scheme == "fedavg-fresh":
+                    update = _read_owned(entry)  # the receive buffer: not aggregation's time
+                    floor()
+                    start = time.perf_counter()
+                    fedavg.accept(update)
+                    fold_ms[-1].append(_ms(start))
+                    del update  # the Submit ends: its buffer goes, unless it became the sum
+                else:
+                    floor()
+                    start = time.perf_counter()
+                    fedavg.accept(entry.load())
+                    fold_ms[-1].append(_ms(start))
+            start = time.perf_counter()
+            result = fedavg.finish()
+            finish_ms.append(_ms(start))
+        total_ms.append(_ms(total_start))
+        del result
     sampler.stop()
-    checksum = float(sum(float(np.sum(v, dtype=np.float64)) for v in result.values()))
     return {
         "scheme": scheme,
         "sites": n,
@@ -239,13 +249,12 @@ def child(scheme: str, root: Path, sample_ms: float) -> dict[str, Any]:
         "anon_before": sampler.anon0,
         "anon_peak": sampler.peak_anon,
         "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "checksum": checksum,
     }
 
 
-def run_child(scheme: str, root: Path, sample_ms: float) -> dict[str, Any]:
+def run_child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", scheme, "--root", str(root)]
-    command += ["--sample-ms", str(sample_ms)]
+    command += ["--sample-ms", str(sample_ms), "--rounds", str(rounds)]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -263,9 +272,10 @@ class Cell:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def _pooled(self, key: str) -> list[float]:
-        """Every timed update of every repeat (for FedAvg the first update of each round is
-        left out when there are others: it only scales the buffer that becomes the sum)."""
-        return [v for r in self.runs for v in self._steady(r[key])]
+        """Every timed update of every round of every repeat (for FedAvg the first update
+        of each round is left out when there are others: it only scales the buffer that
+        becomes the sum)."""
+        return [v for r in self.runs for round_ in r[key] for v in self._steady(round_)]
 
     def _steady(self, values: Sequence[Any]) -> Sequence[Any]:
         return values[1:] if self.scheme.startswith("fedavg") and len(values) > 1 else values
@@ -280,7 +290,8 @@ class Cell:
         return float(statistics.median(f / b for f, b in pairs))
 
     def median(self, key: str) -> float:
-        return float(statistics.median(r[key] for r in self.runs))
+        """Median over every round of every repeat of a per-round figure."""
+        return float(statistics.median(v for r in self.runs for v in r[key] or [0.0]))
 
     def growth(self, kind: str) -> float:
         return float(statistics.median(r[f"{kind}_peak"] - r[f"{kind}_before"] for r in self.runs))
@@ -302,7 +313,8 @@ class Cell:
             "anon_growth_bytes": int(self.growth("anon")),
             "rss_peak_bytes": int(self.median("rss_peak")),
             "per_update_ms_runs": [
-                round(statistics.median(self._steady(r["fold_ms"])), 4) for r in self.runs
+                round(statistics.median(v for rd in r["fold_ms"] for v in self._steady(rd)), 4)
+                for r in self.runs
             ],
         }
 
@@ -312,13 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, nargs="+", default=[2, 10, 50])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per child process")
     parser.add_argument("--sample-ms", type=float, default=1.0, help="RSS sampling interval")
     parser.add_argument("--workdir", type=Path, help="where the journals go (default: temp)")
     parser.add_argument("--child", choices=SCHEMES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.root, args.sample_ms)))
+        print(json.dumps(child(args.child, args.root, args.sample_ms, args.rounds)))
         return 0
 
     shapes = unet_shapes()
@@ -340,13 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         for n in args.sites:  # interleaved: every repeat runs every cell once
             for scheme in args.schemes:
-                run = run_child(scheme, roots[n], args.sample_ms)
+                run = run_child(scheme, roots[n], args.sample_ms, args.rounds)
                 cells[(scheme, n)].runs.append(run)
                 print(
                     f"repeat {r + 1} {scheme:>15} N={n:<3} per update "
-                    f"{statistics.median(cells[(scheme, n)]._steady(run['fold_ms'])):8.3f} ms "
-                    f"(floor {statistics.median(run['floor_ms']):.3f} ms, weighted floor "
-                    f"{statistics.median(run['weighted_floor_ms']):.3f} ms), RSS +"
+                    f"{cells[(scheme, n)].summary()['per_update_ms_runs'][-1]:8.3f} ms, RSS +"
                     f"{(run['rss_peak'] - run['rss_before']) / MB:.1f} MB",
                     file=sys.stderr,
                 )

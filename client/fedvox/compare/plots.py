@@ -51,7 +51,10 @@ def convergence(document: dict[str, Any], path: Path) -> Path:
         ax.fill_between(xs, lo, hi, alpha=0.15, color=style["color"], linewidth=0)
     ax.set_xlabel("round")
     ax.set_ylabel("validation Dice (mean over sites)")
-    ax.set_title(f"{document['scenario']['name']}: convergence ({len(document['seeds'])} seeds)")
+    seeds = len(document["seeds"])
+    ax.set_title(
+        f"{document['scenario']['name']}: convergence ({seeds} seed{'s' if seeds != 1 else ''})"
+    )
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="best")
