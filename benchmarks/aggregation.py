@@ -23,15 +23,20 @@ torch), so its peak RSS belongs to that scheme and N alone:
   every spilled blob one tensor of all sites at a time (timed as a whole; per update =
   total / N).
 
-Before each timed update the child times the memory-bandwidth floor in the same process:
-`a += b` on two resident, contiguous 19.2 MB float32 arrays (one numpy call). The ratio
-fold / floor is taken per update, so noise on a shared machine hits both alike.
-`finish()` (the mean and the new global model, once per round) is timed separately.
+Each child runs --rounds rounds (default 3) back to back, as a server does, and times every
+update of every round. Before each timed update it times two floors in the same process:
+the memory-bandwidth floor `a += b` on contiguous 19.2 MB float32 arrays (one numpy call;
+`b` cycles through a ring of three, larger than the L3 cache, so that it comes from memory
+as an update does), and the weighted floor `a += w * b` in the fastest numpy form without a
+model-sized temporary (blocks through an L2-sized scratch buffer). Ratios fold / floor are
+taken per update, so noise on a shared machine hits both alike. `finish()` (the mean and
+the new global model, once per round) is timed separately.
 
 Peak RSS: each child samples its own RSS (and anonymous memory, RSS minus file-backed
 shared pages) with psutil every --sample-ms in a thread, from just before the first
-update until the round's result exists; growth = peak - RSS just before. Figures are
-medians over the repeats; stdout ends with exactly one JSON line holding them all.
+update until the last round's result exists; growth = peak - RSS just before. Figures are
+medians over every timed update (or round) of every repeat; stdout ends with exactly one
+JSON line holding them all.
 
 Targets (issue 8): FedAvg <= 1.5 ms per 19 MB update, and RSS independent of N for the
 FedAvg family (checked as: peak growth at the largest N <= peak growth at the smallest N
@@ -290,8 +295,9 @@ class Cell:
         return float(statistics.median(f / b for f, b in pairs))
 
     def median(self, key: str) -> float:
-        """Median over every round of every repeat of a per-round figure."""
-        return float(statistics.median(v for r in self.runs for v in r[key] or [0.0]))
+        """Median over the repeats (and, for a per-round figure, over every round)."""
+        values = [v for r in self.runs for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        return float(statistics.median(values or [0.0]))
 
     def growth(self, kind: str) -> float:
         return float(statistics.median(r[f"{kind}_peak"] - r[f"{kind}_before"] for r in self.runs))

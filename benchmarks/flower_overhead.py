@@ -42,6 +42,7 @@ with exactly one JSON line holding every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -51,7 +52,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -150,21 +150,15 @@ def stop_tree(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 1
         except psutil.Error:
             pass
     for p in tree:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(tree, timeout=timeout_s)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     for process in processes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 # ---------------------------------------------------------------- fedvox
@@ -313,8 +307,22 @@ def run_flower_legacy(
     stamps_file = work / "stamps.txt"
     logs = work / "logs"
     server = popen(
-        [python, "-m", "fvbench.legacy", "server", "--port", str(port), "--nodes", str(n_sites)]
-        + ["--rounds", str(rounds), "--shapes", str(shapes), "--stamps", str(stamps_file)],
+        [
+            python,
+            "-m",
+            "fvbench.legacy",
+            "server",
+            "--port",
+            str(port),
+            "--nodes",
+            str(n_sites),
+            "--rounds",
+            str(rounds),
+            "--shapes",
+            str(shapes),
+            "--stamps",
+            str(stamps_file),
+        ],
         logs / "server.log",
         env,
     )
@@ -324,9 +332,7 @@ def run_flower_legacy(
         for i in range(n_sites):
             command = [python, "-m", "fvbench.legacy", "client", "--server", f"127.0.0.1:{port}"]
             processes.append(popen(command, logs / f"client-{i}.log", env))
-        watch = Watch(
-            [psutil.Process(p.pid) for p in processes], lambda: read_stamps(stamps_file)
-        )
+        watch = Watch([psutil.Process(p.pid) for p in processes], lambda: read_stamps(stamps_file))
         watch.until(rounds, timeout_s, lambda: server.poll() is None or rounds in watch.round_end)
     finally:
         stop_tree(processes)
@@ -396,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     version = ""
     if flower:
         if not (args.flower_venv / "bin" / "flwr").exists():
-            parser.error(
-                f"no Flower in {args.flower_venv}: create it as the module docstring says"
-            )
+            parser.error(f"no Flower in {args.flower_venv}: create it as the module docstring says")
         version = flower_version(args.flower_venv)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="fedvox-flower-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -412,9 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: dict[str, list[Run]] = {f: [] for f in args.frameworks}
     for r in range(args.repeats):
-        order = args.frameworks[r % len(args.frameworks) :] + args.frameworks[
-            : r % len(args.frameworks)
-        ]
+        order = (
+            args.frameworks[r % len(args.frameworks) :]
+            + args.frameworks[: r % len(args.frameworks)]
+        )
         for framework in order:
             work = root / f"repeat-{r}" / framework
             shutil.rmtree(work, ignore_errors=True)
@@ -462,8 +467,10 @@ def main(argv: list[str] | None = None) -> int:
                     "limit": TARGET_SPEEDUP,
                     "met": speedup >= TARGET_SPEEDUP,
                 }
-    print(f"{'framework':>14} {'s/round':>8} {'min':>7} {'max':>7} {'round 1':>8} "
-          f"{'CPU s/round':>11} {'speedup':>8}")
+    print(
+        f"{'framework':>14} {'s/round':>8} {'min':>7} {'max':>7} {'round 1':>8} "
+        f"{'CPU s/round':>11} {'speedup':>8}"
+    )
     for framework, s in summary.items():
         print(
             f"{framework:>14} {s['round_seconds']:>8.3f} {s['round_seconds_min']:>7.3f} "

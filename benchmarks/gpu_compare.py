@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeats)
         ]
         figures[f"plain/{setup.name}/random"] = statistics.median(rates)
-        print(
-            f"plain {setup.name} (random inputs): {statistics.median(rates):.1f} vol/s", file=log
-        )
+        print(f"plain {setup.name} (random inputs): {statistics.median(rates):.1f} vol/s", file=log)
     best = plain[-1]
 
     with tempfile.TemporaryDirectory() as tmp:
