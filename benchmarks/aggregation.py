@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "tensors": len(shapes),
         "sites": args.sites,
         "repeats": args.repeats,
+        "rounds_per_child": args.rounds,
         "results": summaries,
         "targets": targets,
         "all_targets_met": all(t["met"] for t in targets.values()),

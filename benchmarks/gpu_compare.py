@@ -242,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "volumes_per_second": {k: round(v, 2) for k, v in figures.items()},
         "fedvox_vs_plain_best": round(ratio, 4),
-        "target": {"value": round(ratio, 4), "limit": TARGET, "met": ratio >= TARGET},
+        # only a GPU run counts: on the CPU there is no AMP and no channels_last_3d
+        "target": {
+            "value": round(ratio, 4),
+            "limit": TARGET,
+            "met": device.type == "cuda" and ratio >= TARGET,
+            "measured_on_gpu": device.type == "cuda",
+        },
         "end_to_end_vs_plain_best": round(
             figures["fedvox/end-to-end/augment-on"] / figures["plain-best/site-batches"], 4
         ),
@@ -252,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in figures.items():
         print(f"{key:<42} {value:>9.1f} vol/s")
     print(f"fedvox / plain-best (same batches): {ratio:.3f} (target >= {TARGET})")
+    if device.type != "cuda":
+        print("no GPU: this run only checks that the script works; the target needs a GPU run")
     print(json.dumps(result))
     return 0
 

@@ -74,6 +74,9 @@ def test_summary_winner_and_ratio() -> None:
     assert sites_where(summary, "fedbn", "pooled", ["a", "b"]) == (["b"], ["a"])
     # fedavg vs local-only: a 0.7 >= 0.7, b 0.3 >= 0.2
     assert sites_where(summary, "fedavg", "local-only", ["a", "b"]) == (["a", "b"], [])
+    # nothing found ties a baseline that finds nothing too: not a success
+    zeros = summarise([run("x", 0, a=0.0), run("pooled", 0, a=0.0)], ["x", "pooled"], ["a"])
+    assert sites_where(zeros, "x", "pooled", ["a"]) == ([], ["a"])
 
 
 def test_winner_and_ratio_without_numbers() -> None:

@@ -85,13 +85,15 @@ def fl_pooled_ratio(
 def sites_where(
     summary: dict[str, dict[str, Stat]], arm: str, baseline: str, sites: Sequence[str]
 ) -> tuple[list[str], list[str]]:
-    """(sites where `arm`'s mean Dice reaches or beats `baseline`'s, sites where it falls short);
-    a site where either mean is undefined counts as falling short."""
+    """(sites where `arm`'s mean Dice reaches or beats `baseline`'s, sites where it falls short).
+    A site where either mean is undefined, or where the arm's is 0 (nothing found: a tie with a
+    baseline that also fails is no success), counts as falling short."""
     reached: list[str] = []
     short: list[str] = []
     for site in sites:
         a, b = summary[arm][site].mean, summary[baseline][site].mean
-        (reached if a is not None and b is not None and a >= b else short).append(site)
+        ok = a is not None and b is not None and a > 0 and a >= b
+        (reached if ok else short).append(site)
     return reached, short
 
 
