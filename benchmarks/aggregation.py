@@ -349,26 +349,28 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedvox-aggregation-"))
-    roots = {}
-    for n in args.sites:
-        roots[n] = workdir / f"sites-{n}"
-        shutil.rmtree(roots[n], ignore_errors=True)
-        roots[n].mkdir(parents=True)
-        write_round(roots[n], shapes, n)
+    roots: dict[int, Path] = {}
     cells = {(s, n): Cell(s, n) for n in args.sites for s in args.schemes}
-    for r in range(args.repeats):
-        for n in args.sites:  # interleaved: every repeat runs every cell once
-            for scheme in args.schemes:
-                run = run_child(scheme, roots[n], args.sample_ms, args.rounds)
-                cells[(scheme, n)].runs.append(run)
-                print(
-                    f"repeat {r + 1} {scheme:>15} N={n:<3} per update "
-                    f"{cells[(scheme, n)].summary()['per_update_ms_runs'][-1]:8.3f} ms, RSS +"
-                    f"{(run['rss_peak'] - run['rss_before']) / MB:.1f} MB",
-                    file=sys.stderr,
-                )
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        for n in args.sites:
+            roots[n] = workdir / f"sites-{n}"
+            shutil.rmtree(roots[n], ignore_errors=True)
+            roots[n].mkdir(parents=True)
+            write_round(roots[n], shapes, n)
+        for r in range(args.repeats):
+            for n in args.sites:  # interleaved: every repeat runs every cell once
+                for scheme in args.schemes:
+                    run = run_child(scheme, roots[n], args.sample_ms, args.rounds)
+                    cells[(scheme, n)].runs.append(run)
+                    print(
+                        f"repeat {r + 1} {scheme:>15} N={n:<3} per update "
+                        f"{cells[(scheme, n)].summary()['per_update_ms_runs'][-1]:8.3f} ms, RSS +"
+                        f"{(run['rss_peak'] - run['rss_before']) / MB:.1f} MB",
+                        file=sys.stderr,
+                    )
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     summaries = [cells[(s, n)].summary() for s in args.schemes for n in args.sites]
     targets: dict[str, Any] = {}
