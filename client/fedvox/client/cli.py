@@ -7,7 +7,7 @@ import logging
 import platform
 from pathlib import Path
 
-from fedvox.wire.settings import parse_overrides
+from fedvox.wire.settings import add_settings_arguments, overrides_from
 
 log = logging.getLogger(__name__)
 FLAG_SETTINGS = {
@@ -27,16 +27,7 @@ FLAG_SETTINGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML settings file")
-    for name, kind in FLAG_SETTINGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting (repeatable)",
-    )
+    add_settings_arguments(parser, FLAG_SETTINGS)
     parser.add_argument(
         "--insecure",
         action="store_true",
@@ -53,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fedvox.client.site_state import SiteState
     from fedvox.client.trainer import MonaiTrainer, pick_device
 
-    overrides = parse_overrides(args.set)
-    overrides.update(
-        {k: str(getattr(args, k)) for k in FLAG_SETTINGS if getattr(args, k) is not None}
-    )
+    overrides = overrides_from(args, FLAG_SETTINGS)
     if args.insecure:
         overrides["insecure"] = "true"
     config = load_client_config(args.config, overrides)
