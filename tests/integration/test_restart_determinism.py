@@ -42,10 +42,21 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 Kill = tuple[int, int, float]  # (round, accepted results, extra delay in seconds)
 
 
-def federate(out: Path, sites: list[Path], strategy: str, kills: list[Kill]) -> tuple[bytes, int]:
+def progress(state: Path) -> tuple[int, int]:
+    """(the round in progress, its accepted results), from what the server has made durable:
+    the newest checkpoint, and the accepted entries in the next round's journal."""
+    done = [int(p.name[6:]) for p in (state / "checkpoints").glob("round-*")]
+    round_ = max(done, default=0) + 1
+    journal = state / "journal" / f"round-{round_:06d}"
+    return round_, sum(p.name != "round.json" for p in journal.glob("*.json"))
+
+
+def federate(
+    out: Path, sites: list[Path], strategy: str, kills: list[Kill]
+) -> tuple[bytes, list[str]]:
     """Run to the end, SIGKILLing and restarting the server once round r holds j accepted
     results (plus a delay), for each (r, j, delay) in `kills`; returns the final model's
-    bytes and how many kills happened."""
+    bytes and a trace of the (round, results) seen and the kills made."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     server_args = [
@@ -64,31 +75,30 @@ def federate(out: Path, sites: list[Path], strategy: str, kills: list[Kill]) -> 
                     "--set", "max_backoff_s=0.5"]  # fmt: skip
             clients.append(spawn("fedvox.client", args, out / f"{site.name}.log"))
         pending = sorted(kills)
+        trace: list[str] = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            status = get_status(address, timeout=5)
-            if status.phase == "done":
-                break
-            # where the run is; between rounds, the start of the next one (so a round that
-            # went by between two polls still triggers its kill, just a little later)
-            at = (
-                (status.current_round, status.current_results)
-                if status.current_round
-                else (status.completed_round + 1, 0)
-            )
+            # kills go first and read the state folder, not gRPC status, so a point the poll
+            # missed (a busy server answering slowly) still fires, at the latest after the end
+            at = progress(out / "state")
+            if not trace or trace[-1] != str(at):
+                trace.append(str(at))
             if pending and at >= pending[0][:2]:
                 time.sleep(pending.pop(0)[2])
+                trace.append("kill")
                 server.send_signal(signal.SIGKILL)  # no chance to clean up
                 server.wait()
                 server = spawn("fedvox.server", server_args, out / "server.log")
                 wait_healthy(address, server)
                 continue
+            if not pending and get_status(address, timeout=10).phase == "done":
+                break
             time.sleep(0.01)
         else:
             pytest.fail(f"{strategy}: no result in time; see {out}")
         assert get_status(address).completed_round == ROUNDS
         download_model(address, out / "model.safetensors")
-        return (out / "model.safetensors").read_bytes(), len(kills) - len(pending)
+        return (out / "model.safetensors").read_bytes(), trace
     finally:
         for client in clients:
             stop(client)
@@ -105,7 +115,9 @@ def test_random_kills_give_the_uninterrupted_model(
     rng = random.Random(f"kills-{strategy}")
     # rounds 1-3, so the fourth always remains to run after the last kill
     kills = [(r, rng.randint(0, 3), rng.uniform(0.0, 0.3)) for r in (1, 2, 3)]
-    restarted, killed = federate(tmp_path / "restarted", sites, strategy, kills)
+    restarted, trace = federate(tmp_path / "restarted", sites, strategy, kills)
     log = (tmp_path / "restarted" / "server.log").read_text()
-    assert killed == len(kills) and log.count("server: listening") == 1 + killed
+    killed = trace.count("kill")
+    assert killed == len(kills), f"kills {kills}, seen {' '.join(trace)}"
+    assert log.count("server: listening") == 1 + killed
     assert restarted == straight
