@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedvox.admin import get_status
-from fedvox.sim.processes import free_port, spawn, stop, wait_healthy
+from fedvox.sim.processes import client_args, free_port, server_args, spawn, stop, wait_healthy
 from fedvox.v1 import federation_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -65,9 +65,7 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     settings = {**SERVER, "train.local_steps": str(steps)}
-    args = ["--host", "127.0.0.1", "--port", str(port), "--state-dir", str(out / "state"),
-            "--rounds", str(rounds), "--min-sites", str(min_sites),
-            *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]  # fmt: skip
+    args = server_args(port, out / "state", rounds=rounds, min_sites=min_sites, settings=settings)
     server = spawn("fedvox.server", args, out / "server.log")
     address = f"127.0.0.1:{port}"
     wait_healthy(address, server)
@@ -75,9 +73,8 @@ def start_server(
 
 
 def start_client(out: Path, site: Path, address: str) -> subprocess.Popen[bytes]:
-    args = ["--site-id", site.name, "--server", address, "--data-root", str(site),
-            "--threads", "1", "--set", "insecure=true", "--set", "max_backoff_s=0.5",
-            "--set", f"state_dir={out / 'site-state' / site.name}"]  # fmt: skip
+    settings = {"insecure": "true", "max_backoff_s": "0.5"}
+    args = client_args(site, address, out / "site-state" / site.name, settings=settings)
     return spawn("fedvox.client", args, out / f"{site.name}.log")
 
 

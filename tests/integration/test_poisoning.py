@@ -23,7 +23,15 @@ import grpc
 import pytest
 
 from fedvox.admin import get_status, status_dict
-from fedvox.sim.processes import free_port, log_tail, spawn, stop, wait_healthy
+from fedvox.sim.processes import (
+    client_args,
+    free_port,
+    log_tail,
+    server_args,
+    spawn,
+    stop,
+    wait_healthy,
+)
 from fedvox.sim.report import metrics_document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,46 +76,29 @@ def federate(out: Path, sites: list[Path], strategy: str, attack: str) -> Outcom
     began = time.monotonic()
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server_args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(out / "state"),
-        "--rounds",
-        str(ROUNDS),
-        "--min-sites",
-        str(len(sites)),
-        "--strategy",
-        strategy,
-        "--seed",
-        str(SEED),
-        *[a for k, v in SERVER_SETTINGS.items() for a in ("--set", f"{k}={v}")],
+    args = [
+        *server_args(
+            port,
+            out / "state",
+            rounds=ROUNDS,
+            min_sites=len(sites),
+            strategy=strategy,
+            seed=SEED,
+            settings=SERVER_SETTINGS,
+        ),
         "--insecure",  # plaintext on loopback; TLS is tested elsewhere
     ]
-    server = spawn("fedvox.server", server_args, out / "server.log")
+    server = spawn("fedvox.server", args, out / "server.log")
     clients: dict[str, subprocess.Popen[bytes]] = {}
     try:
         wait_healthy(address, server)
         for site in sites:
             mode = attack if site.name == BYZANTINE_SITE else ""
+            state = out / "site-state" / site.name
+            settings = {"byzantine": mode} if mode else {}
             clients[site.name] = spawn(
                 "fedvox.client",
-                [
-                    "--site-id",
-                    site.name,
-                    "--server",
-                    address,
-                    "--data-root",
-                    str(site),
-                    "--threads",
-                    "1",
-                    "--set",
-                    f"state_dir={out / 'site-state' / site.name}",
-                    "--insecure",
-                    *(["--set", f"byzantine={mode}"] if mode else []),
-                ],
+                [*client_args(site, address, state, settings=settings), "--insecure"],
                 out / f"{site.name}.log",
             )
         status = _wait_done(address, server, clients, out, timeout=900)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedvox.admin import download_model, get_status
-from fedvox.sim.processes import free_port, spawn, stop, wait_healthy
+from fedvox.sim.processes import client_args, free_port, server_args, spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -59,21 +59,18 @@ def federate(
     bytes and a trace of the (round, results) seen and the kills made."""
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server_args = [
-        "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(out / "state"),
-        "--rounds", str(ROUNDS), "--min-sites", "3", "--strategy", strategy,
-        *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")],
-    ]  # fmt: skip
-    server = spawn("fedvox.server", server_args, out / "server.log")
+    args = server_args(
+        port, out / "state", rounds=ROUNDS, min_sites=3, strategy=strategy, settings=TINY
+    )
+    server = spawn("fedvox.server", args, out / "server.log")
     clients: list[subprocess.Popen[bytes]] = []
     try:
         wait_healthy(address, server)
         for site in sites:
             state = out / "site-state" / site.name
-            args = ["--site-id", site.name, "--server", address, "--data-root", str(site),
-                    "--threads", "1", "--set", f"state_dir={state}", "--set", "insecure=true",
-                    "--set", "max_backoff_s=0.5"]  # fmt: skip
-            clients.append(spawn("fedvox.client", args, out / f"{site.name}.log"))
+            settings = {"insecure": "true", "max_backoff_s": "0.5"}
+            command = client_args(site, address, state, settings=settings)
+            clients.append(spawn("fedvox.client", command, out / f"{site.name}.log"))
         pending = sorted(kills)
         trace: list[str] = []
         deadline = time.monotonic() + 300
@@ -88,7 +85,7 @@ def federate(
                 trace.append("kill")
                 server.send_signal(signal.SIGKILL)  # no chance to clean up
                 server.wait()
-                server = spawn("fedvox.server", server_args, out / "server.log")
+                server = spawn("fedvox.server", args, out / "server.log")
                 wait_healthy(address, server)
                 continue
             if not pending and get_status(address, timeout=10).phase == "done":

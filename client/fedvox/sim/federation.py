@@ -17,7 +17,15 @@ from typing import Any, Protocol
 import grpc
 
 from fedvox.admin import download_model, get_status, status_dict
-from fedvox.sim.processes import free_port, log_tail, spawn, stop, wait_healthy
+from fedvox.sim.processes import (
+    client_args,
+    free_port,
+    log_tail,
+    server_args,
+    spawn,
+    stop,
+    wait_healthy,
+)
 from fedvox.sim.report import metrics_document
 from fedvox.tls import ADMIN_CN, TlsFiles, files_in
 
@@ -79,49 +87,32 @@ def run_federation(fed: Federation, watcher: Watcher | None = None) -> dict[str,
     tls_args, admin = _security(fed.insecure, out / "certs", fed.sites)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server_args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-        "--rounds",
-        str(fed.rounds),
-        "--min-sites",
-        str(len(fed.site_dirs)),
-        "--strategy",
-        fed.strategy,
-        "--seed",
-        str(fed.seed),
+    args = [
+        *server_args(
+            port,
+            state,
+            rounds=fed.rounds,
+            min_sites=len(fed.site_dirs),
+            strategy=fed.strategy,
+            seed=fed.seed,
+            settings=fed.overrides,
+        ),
         *(["--config", str(fed.config)] if fed.config else []),
-        *[a for k, v in fed.overrides.items() for a in ("--set", f"{k}={v}")],
         *[a for pair in fed.strategy_params for a in ("--strategy-param", pair)],
         *tls_args,
     ]
     logs = out / "logs"
     env = dict(fed.env)
-    server = spawn("fedvox.server", server_args, logs / "server.log", env)
+    server = spawn("fedvox.server", args, logs / "server.log", env)
     clients: dict[str, Any] = {}
     try:
         wait_healthy(address, server, tls=admin)
-        threads = str(fed.client_threads())
+        threads = fed.client_threads()
         for site_dir in fed.site_dirs:
+            state_dir = out / "site-state" / site_dir.name
             clients[site_dir.name] = spawn(
                 "fedvox.client",
-                [
-                    "--site-id",
-                    site_dir.name,
-                    "--server",
-                    address,
-                    "--data-root",
-                    str(site_dir),
-                    "--threads",
-                    threads,
-                    "--set",
-                    f"state_dir={out / 'site-state' / site_dir.name}",
-                    *tls_args,
-                ],
+                [*client_args(site_dir, address, state_dir, threads=threads), *tls_args],
                 logs / f"{site_dir.name}.log",
                 env,
             )

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def set_args(settings: Mapping[str, object]) -> list[str]:
+    """`--set key=value` for each setting, as the server and client command lines take them."""
+    return [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
+
+
+def server_args(
+    port: int,
+    state: Path,
+    *,
+    rounds: int,
+    min_sites: int,
+    strategy: str = "fedavg",
+    seed: int = 0,
+    settings: Mapping[str, object] | None = None,
+) -> list[str]:
+    """A loopback server's command line; TLS and other flags are appended by the caller."""
+    return [
+        *("--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)),
+        *("--rounds", str(rounds), "--min-sites", str(min_sites)),
+        *("--strategy", strategy, "--seed", str(seed)),
+        *set_args(settings or {}),
+    ]
+
+
+def client_args(
+    site: Path,
+    address: str,
+    state: Path,
+    *,
+    threads: int = 1,
+    settings: Mapping[str, object] | None = None,
+) -> list[str]:
+    """The command line of the client for the site folder `site`, named after it."""
+    return [
+        *("--site-id", site.name, "--server", address, "--data-root", str(site)),
+        *("--threads", str(threads), "--set", f"state_dir={state}"),
+        *set_args(settings or {}),
+    ]
 
 
 def spawn(
