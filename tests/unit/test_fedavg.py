@@ -9,6 +9,7 @@ import pytest
 
 from fedvox.server import strategies
 from fedvox.server.strategies import RoundContext, Update
+from fedvox.server.strategies.base import _axpy
 from fedvox.server.strategies.fedavg import FedAvg
 from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
 from tests.helpers import f32
@@ -169,3 +170,40 @@ def test_unknown_strategy_lists_known_names() -> None:
         strategies.create("nope")
     for name in strategies.REGISTRY:
         assert name in str(info.value)
+
+
+def test_large_tensors_fold_alike_whoever_owns_the_buffer() -> None:
+    """Tensors of 32,768 elements or more are folded by BLAS axpy: the weighted mean of a
+    float64 reference to float32 rounding, and bit for bit the same whether the upload's
+    buffer is handed over (a fresh upload) or read-only (a memory map of the journal)."""
+    rng = np.random.default_rng(0)
+    size = 100_003  # odd: the kernel's vector body and its scalar tail both count
+    base = rng.standard_normal(size).astype(np.float32)
+    deltas = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    examples = [1, 2, 3]
+    expected = base.astype(np.float64) + sum(
+        n * d.astype(np.float64) for n, d in zip(examples, deltas, strict=True)
+    ) / sum(examples)
+
+    def run(owned: bool) -> np.ndarray:
+        strategy = FedAvg()
+        strategy.begin({"x": base.copy()}, CONTEXT)
+        for site, n, delta in zip("abc", examples, deltas, strict=True):
+            tensor = delta.copy()
+            tensor.flags.writeable = owned
+            strategy.accept(Update(site, n, {"x": tensor}, owned=owned))
+        return strategy.finish()["x"]
+
+    fresh, mapped = run(owned=True), run(owned=False)
+    assert fresh.tobytes() == mapped.tobytes()
+    np.testing.assert_allclose(fresh, expected, rtol=0, atol=2e-6)
+
+
+def test_axpy_adds_the_scaled_update_in_place() -> None:
+    acc = np.arange(40_000, dtype=np.float32)
+    value = np.full(40_000, 2.0, dtype=np.float32)
+    assert _axpy(acc, value, 0.25)  # large, float32, contiguous: BLAS takes it
+    np.testing.assert_array_equal(acc, np.arange(40_000, dtype=np.float32) + 0.5)
+    small = np.zeros(3, dtype=np.float32)
+    assert not _axpy(small, np.ones(3, dtype=np.float32), 1.0)  # numpy's job
+    assert small.tolist() == [0.0, 0.0, 0.0]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from scipy.linalg import blas
 
 from fedvox.wire.tensors import Array, Schema, StateDict, TensorSpec
 
@@ -165,9 +166,10 @@ def fold(
     counters are summed in float64. The orchestrator folds in sorted site order, so
     the rounding, and hence the result, does not depend on arrival order.
     """
-    scratch: dict[np.dtype[Any], np.ndarray] = {}
     for name, value in tensors.items():
         acc = sums.get(name)
+        if acc is not None and _axpy(acc, value, weight):
+            continue  # one fused pass, whoever owns the buffer: the same rounding either way
         if reuse and value.dtype.kind == "f" and value.flags.writeable:
             # `reuse`: the caller hands the buffer over. Scale it in place (no temporary)
             # and, for the first update, keep it as the sum (no second model in memory).
@@ -180,34 +182,33 @@ def fold(
             dtype = value.dtype if value.dtype.kind == "f" else np.dtype(np.float64)
             out = np.empty(value.shape, dtype=dtype)  # an array even for 0-d tensors
             sums[name] = np.multiply(value, dtype.type(weight), out=out, dtype=dtype)
-        else:
-            # read-only (a memory map of a spilled blob): no model-sized temporary
-            _add_scaled(acc, value, weight, scratch)
+        else:  # small, or a width BLAS lacks: a temporary of one tensor at most
+            acc += np.multiply(value, acc.dtype.type(weight), dtype=acc.dtype)
 
 
-_BLOCK = 1 << 17  # elements: a block of the update and its scaled copy stay in L2
+# Below this many elements numpy's two passes beat a BLAS call's overhead; the rule depends
+# on the tensor alone, so a fresh upload and one read back from the journal round alike.
+_AXPY_MIN = 1 << 15
+_AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 
 
-def _add_scaled(
-    acc: np.ndarray, value: Array, weight: float, scratch: dict[np.dtype[Any], np.ndarray]
-) -> None:
-    """acc += weight * value, rounded as `acc += np.multiply(value, w, dtype=acc.dtype)`.
-
-    Block by block through a small scratch buffer, so memory sees one pass over each
-    array (as in `acc += value`) and no model-sized temporary is allocated and faulted in."""
-    w = acc.dtype.type(weight)
-    if acc.size <= _BLOCK or not acc.flags.c_contiguous:  # small: a temporary of <= 1 block
-        acc += np.multiply(value, w, dtype=acc.dtype)
-        return
-    flat_acc, flat_value = acc.reshape(-1), np.ascontiguousarray(value).reshape(-1)
-    buffer = scratch.get(acc.dtype)
-    if buffer is None:
-        buffer = scratch[acc.dtype] = np.empty(_BLOCK, dtype=acc.dtype)
-    for start in range(0, flat_acc.size, _BLOCK):
-        part = flat_acc[start : start + _BLOCK]
-        scaled = buffer[: part.size]
-        np.multiply(flat_value[start : start + _BLOCK], w, out=scaled, dtype=acc.dtype)
-        np.add(part, scaled, out=part)
+def _axpy(acc: np.ndarray, value: Array, weight: float) -> bool:
+    """acc += weight * value with BLAS axpy: multiply and add fused into one pass over each
+    array at memory bandwidth (numpy needs a temporary or a second pass). False when the
+    arrays don't qualify (small, mixed or non-float dtypes, not contiguous); acc untouched."""
+    kernel = _AXPY.get(acc.dtype)
+    if (
+        kernel is None
+        or value.dtype != acc.dtype
+        or acc.size < _AXPY_MIN
+        or not (acc.flags.c_contiguous and value.flags.c_contiguous)
+    ):
+        return False
+    flat = acc.reshape(-1)
+    out = kernel(value.reshape(-1), flat, a=float(weight))
+    if out.ctypes.data != flat.ctypes.data:  # f2py works in place on a contiguous y
+        flat[...] = out
+    return True
 
 
 def apply_step(base: StateDict, step: Mapping[str, np.ndarray]) -> StateDict:
