@@ -127,11 +127,15 @@ class Compose:
             raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}: {done.stderr}")
         return done.stdout
 
+    def exec(
+        self, service: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the service's running container, as its user, in its environment."""
+        return self.run("exec", "-T", service, *args, check=check)
+
     def status(self) -> dict[str, Any] | None:
         """The server's `fedvox status --json`, or None while it does not answer."""
-        done = self.run(
-            "exec", "-T", "server", "fedvox", "status", "--json", "--timeout", "5", check=False
-        )
+        done = self.exec("server", "fedvox", "status", "--json", "--timeout", "5", check=False)
         if done.returncode != 0:
             return None
         result: dict[str, Any] = json.loads(done.stdout)
@@ -151,6 +155,15 @@ class Compose:
             self.check_no_crash()
             time.sleep(1)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+
+    def wait_healthy(self, service: str, timeout: float) -> None:
+        """Wait until the service's container reports its health check healthy."""
+        deadline = time.monotonic() + timeout
+        while self.container(service)["State"].get("Health", {}).get("Status") != "healthy":
+            self.check_no_crash()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{service} not healthy after {timeout:.0f}s")
+            time.sleep(1)
 
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
         """`docker inspect` of the project's containers (of one service), stopped ones too."""

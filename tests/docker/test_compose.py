@@ -1,6 +1,7 @@
-"""The Compose deployment against a real Docker engine: images, a 3-site run, scaled replicas,
-a site lost mid-round, a server restarted mid-run. Each test is its own Compose project, brought
-down with its volumes afterwards; the data folder is synthesised once by the data service."""
+"""The Compose deployment against a real Docker engine: images, a 3-site run over the default
+mutual TLS, scaled replicas with their own certificates, explicit plaintext, a site lost
+mid-round, a server restarted mid-run. Each test is its own Compose project, brought down with
+its volumes afterwards; the data folder is synthesised once by the data service."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from fedvox.admin import download_model
+from fedvox.tls import ADMIN_CN, files_in
 from tests.docker.compose import SITES, Compose, finite_numbers
 
 pytestmark = pytest.mark.docker
+
+INSECURE_WARNING = "server: TLS is off (insecure)"
 
 
 def rounds_of(status: dict[str, Any]) -> list[tuple[str, int]]:
@@ -66,6 +71,39 @@ def test_images(project: Compose) -> None:
     probe = "import os, torch, monai, nibabel, fedvox.client.runner; print(os.getuid())"
     out = project.docker("run", "--rm", "--entrypoint", "python3", client_image, "-c", probe)
     assert out.strip() == "10001"
+    for image in (server_image, client_image):  # a new certs volume takes this owner
+        out = project.docker("run", "--rm", "--entrypoint", "stat", image, "-c", "%u", "/certs")
+        assert out.strip() == "10001", image
+
+
+def test_transport_settings(project: Compose) -> None:
+    """mTLS unless FEDVOX_INSECURE=true; certificates for every site folder and pool shard."""
+    config = json.loads(project.run("config", "--format", "json").stdout)["services"]
+    provision = config["certs"]["entrypoint"] + config["certs"]["command"]
+    for flag in ("--sites-from=/data", "--sites-from=/data/pool", "--out=/certs"):
+        assert flag in provision, provision
+    assert config["server"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    for service in ["server", *SITES, "client"]:
+        env = config[service]["environment"]
+        assert not any("INSECURE" in k for k in env), (service, env)
+        assert env["FEDVOX_TLS_DIR"] == "/certs", service  # the health check, `fedvox status`
+        (certs,) = [v for v in config[service]["volumes"] if v["target"] == "/certs"]
+        assert (certs["source"], certs["read_only"]) == ("certs", True), service
+    assert config["server"]["environment"]["FEDVOX_SERVER_TLS_DIR"] == "/certs"
+    assert config["client"]["environment"]["FEDVOX_CLIENT_TLS_DIR"] == "/certs"
+
+    plain = Compose(project.project, {**project.env, "FEDVOX_INSECURE": "true"})
+    config = json.loads(plain.run("config", "--format", "json").stdout)["services"]
+    for service in ["server", *SITES, "client"]:
+        env = config[service]["environment"]
+        assert not any("TLS" in k for k in env), (service, env)
+        assert env["FEDVOX_INSECURE"] == "true", service
+    assert config["server"]["environment"]["FEDVOX_SERVER_INSECURE"] == "true"
+    assert config["client"]["environment"]["FEDVOX_CLIENT_INSECURE"] == "true"
+
+    other = Compose(project.project, {**project.env, "FEDVOX_INSECURE": "yes"})
+    refused = other.run("config", check=False)
+    assert refused.returncode != 0 and "insecure-yes.env" in refused.stderr, refused.stderr
 
 
 def test_gpu_override(project: Compose) -> None:
@@ -99,11 +137,13 @@ def test_remote_site_compose_file(project: Compose) -> None:
 
 
 def test_three_sites_two_rounds(project: Compose, tmp_path: Path) -> None:
-    """`docker compose up`: data service, server, site-a/b/c; 2 rounds; sites exit 0 on STOP."""
+    """`docker compose up`: data and certs services, server, site-a/b/c over mutual TLS;
+    2 rounds; sites exit 0 on STOP; plaintext callers are refused; certs are never reissued."""
     project.run("up", "--detach")
     status = project.wait_status(done, "the federation to finish", timeout=420)
     assert_sites_exited_cleanly(project, SITES, restarts=False)
     assert project.container("data")["State"]["ExitCode"] == 0
+    assert project.container("certs")["State"]["ExitCode"] == 0
     assert int(status["completed_round"]) == 2 and int(status["total_rounds"]) == 2
     assert rounds_of(status) == [
         ("init", 0),
@@ -118,15 +158,46 @@ def test_three_sites_two_rounds(project: Compose, tmp_path: Path) -> None:
     assert {f"{s}/test_dice" for s in SITES} <= set(final)
     assert finite_numbers(status["history"]) and finite_numbers(status["sites"])
     assert_checkpoint(project, tmp_path, 2, status["global_digest"])
-    # the server stays up and healthy for the model to be fetched, here through the host port
+    # the server stays up and healthy (its health check speaks mTLS) for the model to be
+    # fetched, here through the host port with the operator certificate
     server = project.container("server")
     assert server["State"]["Running"] and server["State"]["Health"]["Status"] == "healthy"
-    digest = download_model(f"127.0.0.1:{project.port}", tmp_path / "model.safetensors")
+    assert INSECURE_WARNING not in project.logs("server")
+    project.copy_from("server", "/certs", tmp_path / "certs")
+    address = f"127.0.0.1:{project.port}"
+    admin = files_in(tmp_path / "certs", ADMIN_CN)
+    digest = download_model(address, tmp_path / "model.safetensors", tls=admin)
     assert digest == status["global_digest"]
+    assert_mtls_only(project, address, tmp_path)
+    assert_certs_kept(project)
+
+
+def assert_mtls_only(project: Compose, address: str, tmp_path: Path) -> None:
+    """Plaintext callers are refused, from the host and inside the network; keys are private."""
+    with pytest.raises(grpc.RpcError) as refused:
+        download_model(address, tmp_path / "plain.safetensors")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    plain = project.exec("server", "fedvox", "status", "--insecure", "--timeout", "5", check=False)
+    assert plain.returncode != 0 and "UNAVAILABLE" in plain.stdout + plain.stderr, plain
+    keys = ["ca.key", "server.key", "admin.key", *(f"sites/{s}.key" for s in SITES)]
+    modes = project.exec("server", "stat", "-c", "%a %u", *(f"/certs/{k}" for k in keys))
+    assert modes.stdout.split("\n")[:-1] == ["600 10001"] * len(keys), modes.stdout
+
+
+def assert_certs_kept(project: Compose) -> None:
+    """The certs service run again (as by a second `up`) keeps every certificate it made."""
+    files = ["ca.crt", "server.crt", "admin.crt", *(f"sites/{s}.crt" for s in SITES)]
+    digests = ["sha256sum", *(f"/certs/{f}" for f in files)]
+    before = project.exec("server", *digests).stdout
+    again = project.run("run", "--rm", "--no-deps", "certs").stdout
+    assert "issued" not in again and again.count("kept") >= len(files), again
+    assert project.exec("server", *digests).stdout == before
 
 
 def test_scaled_clients_are_distinct_sites(project: Compose) -> None:
-    """`--scale client=2`: two more sites, each with its own id and its own pool shard."""
+    """`--scale client=2`: two more sites, each with its own id, its own pool shard and the
+    certificate of that id (the server takes a site's id from its certificate and refuses a
+    request in the name of another, so each registration below is that certificate's)."""
     project.env["FEDVOX_SERVER_MIN_SITES"] = "5"  # every site in every round
     project.env["FEDVOX_SERVER_ROUNDS"] = "1"
     project.run("up", "--detach", "--scale", "client=2")
@@ -148,6 +219,19 @@ def test_scaled_clients_are_distinct_sites(project: Compose) -> None:
     logs = project.logs("client")
     for shard in shards:
         assert re.search(rf"claim: \w+ holds shard {shard} of /pool", logs), logs[-3000:]
+    provisioned = project.logs("certs")
+    for shard in ("shard-00", "shard-01", "shard-02"):  # the whole pool, claimed or not
+        assert f"issued /certs/sites/{shard}.crt" in provisioned, provisioned[-3000:]
+
+
+def test_explicit_insecure_mode(project: Compose) -> None:
+    """FEDVOX_INSECURE=true: a plaintext server that warns, with a plaintext health check."""
+    project.env["FEDVOX_INSECURE"] = "true"
+    project.run("up", "--detach", "server")
+    project.wait_healthy("server", timeout=120)
+    assert INSECURE_WARNING in project.logs("server")
+    status = project.status()
+    assert status is not None and status["phase"], status
 
 
 def test_round_closes_without_a_stopped_site(project: Compose) -> None:
