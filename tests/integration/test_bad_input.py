@@ -4,6 +4,7 @@ round then aggregates to the hand-computed FedAvg mean."""
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import threading
@@ -247,60 +248,6 @@ REFUSALS = [
         id="digest-not-hex",
     ),
     pytest.param(
-        with_header(num_examples=-1),
-        INVALID,
-        "num_examples and local_steps must be >= 0",
-        id="negative-examples",
-    ),
-    pytest.param(
-        with_header(metrics={"loss": float("nan")}),
-        INVALID,
-        "metric 'loss' is not finite",
-        id="non-finite-metric",
-    ),
-    pytest.param(
-        with_tensors({**DELTA_A, "w": f32(np.zeros((3, 2)))}),
-        INVALID,
-        r"tensor 'w': shape \(3, 2\) != expected \(2, 3\)",
-        id="shape-mismatch",
-    ),
-    pytest.param(
-        with_tensors({"w": DELTA_A["w"], "bias": DELTA_A["b"]}),
-        INVALID,
-        "missing tensor 'b'",
-        id="missing-name",
-    ),
-    pytest.param(
-        with_tensors({**DELTA_A, "extra": f32([1.0])}),
-        INVALID,
-        "unexpected tensor 'extra'",
-        id="unexpected-name",
-    ),
-    pytest.param(
-        with_tensors({**DELTA_A, "w": DELTA_A["w"].astype(np.float64)}),
-        INVALID,
-        "tensor 'w': dtype F64 != expected F32",
-        id="dtype-mismatch",
-    ),
-    pytest.param(
-        with_tensors({**DELTA_A, "w": f32([[np.nan, 0, 0], [0, 0, 0]])}),
-        INVALID,
-        "tensor 'w' holds NaN or Inf",
-        id="nan",
-    ),
-    pytest.param(
-        with_tensors({**DELTA_A, "b": f32([0, -np.inf, 0])}),
-        INVALID,
-        "tensor 'b' holds NaN or Inf",
-        id="inf",
-    ),
-    pytest.param(
-        with_blob(b"this is not a safetensors blob"),
-        INVALID,
-        "safetensors header length .* exceeds the blob",
-        id="not-safetensors",
-    ),
-    pytest.param(
         oversized_chunk,
         TOO_BIG,
         f"chunk of {MAX_CHUNK + 1} bytes exceeds the cap of {MAX_CHUNK}",
@@ -336,6 +283,56 @@ REFUSALS = [
     pytest.param(out_of_order, INVALID, "chunk at offset 8, expected 0", id="out-of-order-chunk"),
 ]
 
+# refusals of what the site computed: the same update would be refused again, so the round
+# stops waiting for the site (its task ends) and it takes part again from the next round
+CONTENT_REFUSALS = [
+    pytest.param(
+        with_header(num_examples=-1),
+        "num_examples and local_steps must be >= 0",
+        id="negative-examples",
+    ),
+    pytest.param(
+        with_header(metrics={"loss": float("nan")}),
+        "metric 'loss' is not finite",
+        id="non-finite-metric",
+    ),
+    pytest.param(
+        with_tensors({**DELTA_A, "w": f32(np.zeros((3, 2)))}),
+        r"tensor 'w': shape \(3, 2\) != expected \(2, 3\)",
+        id="shape-mismatch",
+    ),
+    pytest.param(
+        with_tensors({"w": DELTA_A["w"], "bias": DELTA_A["b"]}),
+        "missing tensor 'b'",
+        id="missing-name",
+    ),
+    pytest.param(
+        with_tensors({**DELTA_A, "extra": f32([1.0])}),
+        "unexpected tensor 'extra'",
+        id="unexpected-name",
+    ),
+    pytest.param(
+        with_tensors({**DELTA_A, "w": DELTA_A["w"].astype(np.float64)}),
+        "tensor 'w': dtype F64 != expected F32",
+        id="dtype-mismatch",
+    ),
+    pytest.param(
+        with_tensors({**DELTA_A, "w": f32([[np.nan, 0, 0], [0, 0, 0]])}),
+        "tensor 'w' holds NaN or Inf",
+        id="nan",
+    ),
+    pytest.param(
+        with_tensors({**DELTA_A, "b": f32([0, -np.inf, 0])}),
+        "tensor 'b' holds NaN or Inf",
+        id="inf",
+    ),
+    pytest.param(
+        with_blob(b"this is not a safetensors blob"),
+        "safetensors header length .* exceeds the blob",
+        id="not-safetensors",
+    ),
+]
+
 
 @pytest.mark.parametrize(("case", "code", "message"), REFUSALS)
 def test_refused_submission_counts_for_nothing(
@@ -355,6 +352,54 @@ def test_refused_submission_counts_for_nothing(
         timeout=RPC_TIMEOUT,
     )
     assert not beat.abort  # the task is still open
+
+
+@pytest.mark.parametrize(("case", "message"), CONTENT_REFUSALS)
+def test_content_refusal_ends_the_sites_part_in_the_round(
+    fresh: Federation, case: Case, message: str
+) -> None:
+    error = rpc_error(lambda: fresh.submit(case(fresh)))
+    assert error.code() == INVALID, error.details()
+    assert re.search(message, error.details() or ""), error.details()
+    assert "the round no longer waits for this site" in (error.details() or "")
+    status = fresh.status()  # nothing counted, and site-a no longer holds a task
+    assert (status.current_round, status.current_results, status.completed_round) == (1, 0, 0)
+    assert {s.site_id: s.current_task_id for s in status.sites} == {
+        "site-a": "",
+        "site-b": fresh.tasks["site-b"].task_id,
+    }
+    task_a = fresh.tasks["site-a"].task_id
+    beat = fresh.fed.Heartbeat(
+        pb.HeartbeatRequest(site_id="site-a", task_id=task_a), timeout=RPC_TIMEOUT
+    )
+    assert beat.abort  # a site still training on it may stop
+    poll = fresh.fed.GetTask(pb.GetTaskRequest(site_id="site-a"), timeout=2)
+    assert poll.task.type == pb.TASK_TYPE_WAIT
+    again = rpc_error(lambda: fresh.submit_delta("site-a", DELTA_A, num_examples=1))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"task {task_a} of round 1 ended when its update was refused" in (again.details() or "")
+
+
+def test_round_closes_without_the_refused_site_which_rejoins_the_next(fresh: Federation) -> None:
+    """round_timeout_s is 30 s here: the round must close as soon as site-b is in."""
+    nan = {**DELTA_A, "w": f32([[np.nan, 0, 0], [0, 0, 0]])}
+    assert rpc_error(lambda: fresh.submit_delta("site-a", nan)).code() == INVALID
+    began = time.monotonic()
+    assert fresh.submit_delta("site-b", DELTA_B, num_examples=3).accepted
+    while (status := fresh.status()).completed_round < 1:
+        assert time.monotonic() - began < 10, "round 1 waited for the refused site"
+        time.sleep(0.05)
+    summary = status.history[-1]
+    assert (summary.round, list(summary.sites)) == (1, ["site-b"])
+    history = json.loads((fresh.running.orchestrator.store.root / "history.json").read_text())
+    assert history[-1]["refused"] == {"site-a": "tensor 'w' holds NaN or Inf"}
+    # FedAvg of site-b alone: the initial model + DELTA_B
+    model = parse_safetensors(download(fresh.fed, status.global_digest))
+    assert_state_equal(model, {k: np.add(INITIAL[k], DELTA_B[k]) for k in INITIAL})
+    task = wait_for_task(fresh.fed, "site-a")
+    assert (task.type, task.round) == (pb.TASK_TYPE_TRAIN, 2)
+    fresh.tasks["site-a"] = task
+    assert fresh.submit_delta("site-a", DELTA_A, num_examples=1).accepted
 
 
 def test_declared_size_cap_is_the_global_size_plus_slack(shared: Federation) -> None:

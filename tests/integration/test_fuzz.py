@@ -8,8 +8,10 @@ safetensors, bad Download offsets and digests, malformed Register/Heartbeat/GetT
 
 For each: no Submit is accepted, every refusal is a precise status (never UNKNOWN, the status of
 an unhandled exception; INTERNAL only for bytes that gRPC cannot deserialize), and the round
-state is untouched. After each group the server still reports SERVING, answers GetStatus,
-serves the same global model, and round 1 still waits for both sites' results.
+state is untouched, except that a refusal of an upload's content (INVALID_ARGUMENT) may end
+that site's part in the round, which the oracle checks and then undoes. After each group the
+server still reports SERVING, answers GetStatus, serves the same global model, and round 1
+still waits for both sites' results.
 
 One server for the module: the fuzzing must leave it exactly as it found it.
 """
@@ -200,8 +202,28 @@ def would_count(fed: Federation, stream: Sequence[pb.SubmitRequest]) -> bool:
     return True
 
 
-def assert_untouched(f: Fuzzed) -> None:
-    """The round state after a hostile message: nothing counted, nothing moved."""
+def reopen_refused(f: Fuzzed) -> set[str]:
+    """The sites whose task a content refusal ended, their tasks put back.
+
+    Such a refusal ends the site's part in the round (test_bad_input checks what a site
+    then sees); the fuzzing goes on against the same open round, so it undoes that."""
+    orchestrator = f.fed.running.orchestrator
+    with orchestrator.cond:
+        assert orchestrator.open is not None
+        refused = set(orchestrator.open.refused)
+        orchestrator.open.refused.clear()
+        for site in refused:
+            orchestrator.registry.sites[site].task_id = f.fed.tasks[site].task_id
+    return refused
+
+
+def assert_untouched(f: Fuzzed, code: grpc.StatusCode | None = None) -> None:
+    """The round state after a hostile message: nothing counted, nothing moved (but for a
+    content refusal, which only an INVALID_ARGUMENT answer may be, to one site)."""
+    refused = reopen_refused(f)
+    assert len(refused) <= 1 and refused <= set(f.fed.tasks), refused
+    if refused and code is not None:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, refused)
     status = f.fed.status()
     assert (status.completed_round, status.current_round) == (0, 1)
     assert (status.current_results, status.current_expected) == (0, 2)
@@ -236,7 +258,7 @@ def assert_serving_and_unchanged(f: Fuzzed) -> None:
 def submit_refused(f: Fuzzed, stream: Sequence[pb.SubmitRequest]) -> grpc.StatusCode:
     assume(not would_count(f.fed, stream))
     code = refusal(lambda: f.fed.fed.Submit(iter(list(stream)), timeout=RPC_TIMEOUT))
-    assert_untouched(f)
+    assert_untouched(f, code)
     return code
 
 

@@ -55,8 +55,9 @@ SERVER_SETTINGS = {
     "train.lr": "0.01",
     "poll_timeout_s": "2",
     "heartbeat_interval_s": "1",
-    # a NaN site keeps its task (it retries and is refused again), so its rounds close at the
-    # deadline: long enough for four honest sites to train on a busy 2-core machine
+    # a NaN site's refused upload ends its part in the round, which closes as soon as the four
+    # honest sites are in; the deadline only bounds a stuck round: long enough for four honest
+    # sites to train on a busy 2-core machine
     "round_timeout_s": "90",
 }
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks, iter_file_chunks
+from fedvox.wire.tensors import parse_safetensors, to_safetensors
 from tests.helpers import raises_wire, sha256
 
 CHUNK = 1000
@@ -83,8 +84,8 @@ def test_assembler_reassembles_exactly(blob_file: Path) -> None:
     for offset, data in iter_file_chunks(blob_file, chunk_size=CHUNK):
         asm.add(offset, data)
     result = asm.finish()
-    assert isinstance(result, bytearray)
-    assert result == BLOB
+    assert isinstance(result, memoryview)
+    assert (result.format, result.readonly, result.tobytes()) == ("B", False, BLOB)
 
 
 def test_assembler_resumes_from_received(blob_file: Path) -> None:
@@ -102,7 +103,7 @@ def test_assembler_accepts_upper_case_digest_and_empty_blob() -> None:
     for offset, data in iter_buffer_chunks(BLOB, chunk_size=CHUNK):
         asm.add(offset, data)
     assert asm.finish() == BLOB
-    assert BlobAssembler(0, sha256(b"")).finish() == b""
+    assert bytes(BlobAssembler(0, sha256(b"")).finish()) == b""
 
 
 def test_out_of_order_chunk_is_refused_and_not_counted() -> None:
@@ -172,3 +173,17 @@ def test_oversized_chunk_is_resource_exhausted() -> None:
 def test_negative_size_is_refused() -> None:
     with raises_wire(BAD, "negative blob size -1"):
         BlobAssembler(-1, sha256(b""))
+
+
+def test_assembled_blob_parses_into_writable_views() -> None:
+    """The server folds an owned upload in place, so its tensors must be writable views into
+    the receive buffer, not copies."""
+    blob = to_safetensors({"w": np.arange(1000, dtype=np.float32)})
+    asm = BlobAssembler(len(blob), sha256(blob), max_chunk=CHUNK)
+    for offset, data in iter_buffer_chunks(blob, chunk_size=CHUNK):
+        asm.add(offset, data)
+    buffer = asm.finish()
+    tensors = parse_safetensors(buffer)
+    tensors["w"][0] = 7.0
+    assert tensors["w"].flags.writeable
+    assert np.frombuffer(buffer, np.float32, count=1, offset=len(blob) - 4000)[0] == 7.0

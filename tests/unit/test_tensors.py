@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import tracemalloc
 from pathlib import Path
 
 import grpc
@@ -271,3 +272,27 @@ def test_check_finite_passes_finite_and_integer_tensors() -> None:
     check_finite({"h": np.array([65504.0], dtype=np.float16)})
     with raises_wire(BAD, "tensor 'h' holds NaN or Inf"):
         check_finite({"h": np.array([np.inf], dtype=np.float16)})
+
+
+BIG = 1_000_003  # float32 elements: several check blocks and a short last one
+
+
+@pytest.mark.parametrize("index", [0, 65_535, 65_536, BIG - 1])
+def test_check_finite_finds_one_bad_value_anywhere_in_a_large_tensor(index: int) -> None:
+    array = np.zeros((BIG,), np.float32)
+    array[index] = np.nan
+    with raises_wire(BAD, "tensor 'big' holds NaN or Inf"):
+        check_finite({"big": array.reshape(1, BIG)})
+
+
+def test_check_finite_allocates_no_tensor_sized_mask() -> None:
+    """The check works block by block: its peak allocation stays far below the 1 MB boolean
+    mask that `np.isfinite` of this 4 MB tensor would take."""
+    array = np.ones(BIG, np.float32)
+    tracemalloc.start()
+    try:
+        check_finite({"big": array})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000, peak

@@ -100,7 +100,7 @@ class Connection:
         request = pb.HeartbeatRequest(site_id=self.site_id, task_id=task_id, progress=progress)
         return bool(self.stub.Heartbeat(request, timeout=10).abort)
 
-    def download(self, digest: str, size: int) -> bytearray:
+    def download(self, digest: str, size: int) -> memoryview:
         """Fetch a blob into one preallocated buffer, resuming from the last byte on failure."""
         assembler = BlobAssembler(size, digest, max_chunk=8 * 1024 * 1024)
 

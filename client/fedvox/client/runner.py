@@ -130,10 +130,13 @@ class Runner:
                 except TaskAborted as exc:
                     log.warning("site %s: %s", self.connection.site_id, exc)
                 except grpc.RpcError as exc:
-                    # the server refused the result (e.g. the round closed): drop it, poll again
+                    # the server refused the result (its round closed, or its content was
+                    # refused and the round goes on without us): drop it and poll again, which
+                    # waits until the next round gives this site a task
                     log.warning(
-                        "site %s: task %s refused: %s %s",
+                        "site %s: round %d: task %s refused (%s: %s); waiting for the next task",
                         self.connection.site_id,
+                        task.round,
                         task.task_id[:8],
                         exc.code().name,
                         exc.details(),

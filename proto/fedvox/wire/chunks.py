@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,11 +41,26 @@ def iter_buffer_chunks(
         yield start, view[start : start + chunk_size]
 
 
+def _anonymous_memory(size: int) -> memoryview:
+    if not size:
+        return memoryview(bytearray())
+    if hasattr(mmap, "MAP_PRIVATE"):  # private, so it counts as the process's own memory
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+    return memoryview(mmap.mmap(-1, size))
+
+
 class BlobAssembler:
     """Reassembles in-order chunks into one preallocated buffer and checks the sha256.
 
     The buffer is allocated once from the declared size (after the caller has
     capped it), so a hostile sender cannot make us grow memory chunk by chunk.
+
+    It is an anonymous memory map of its own: nothing zero-fills it up front (the kernel maps
+    pages in as the chunks arrive, and every byte is written before `finish` hands it out), and
+    freeing it gives the memory back to the system at once. A malloc'd buffer of this size
+    would, after the first, come from the allocator's per-thread arenas, which keep freed
+    payloads mapped: the RSS of a server receiving on many threads would creep up to many
+    payloads however few it holds at once.
     """
 
     def __init__(self, size: int, digest: str, *, max_chunk: int = 4 * CHUNK_SIZE) -> None:
@@ -53,7 +69,7 @@ class BlobAssembler:
         self.size = size
         self.expected_digest = digest.lower()
         self.max_chunk = max_chunk
-        self.buffer = bytearray(size)
+        self.buffer = _anonymous_memory(size)
         self.received = 0
         self._hash = hashlib.sha256()
 
@@ -74,7 +90,7 @@ class BlobAssembler:
         self._hash.update(data)
         self.received = end
 
-    def finish(self) -> bytearray:
+    def finish(self) -> memoryview:
         if self.received != self.size:
             raise invalid(f"stream ended after {self.received} of {self.size} bytes (truncated)")
         actual = self._hash.hexdigest()

@@ -23,6 +23,7 @@ from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+_STREAM_WINDOW = 1024 * 1024
 _SERVICES = [
     pb.DESCRIPTOR.services_by_name[n].full_name for n in ("FederationService", "AdminService")
 ]
@@ -53,10 +54,19 @@ def start(config: ServerConfig) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", max_chunk + 64 * 1024),
             ("grpc.so_reuseport", 0),
+            # a fixed 1 MiB receive window per stream instead of one that grows with the
+            # measured bandwidth-delay product: an upload queued for a receive buffer
+            # (max_concurrent_uploads) then holds about a window in gRPC's buffers, not many
+            # MB, and 1 MiB per round trip still outruns a site's uplink at 50 ms
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", _STREAM_WINDOW),
         ],
     )
     pb_grpc.add_FederationServiceServicer_to_server(
-        FederationService(orchestrator, config.heartbeat_interval_s, max_chunk), server
+        FederationService(
+            orchestrator, config.heartbeat_interval_s, max_chunk, config.max_concurrent_uploads
+        ),
+        server,
     )
     pb_grpc.add_AdminServiceServicer_to_server(AdminService(orchestrator), server)
     health_servicer = health.HealthServicer()

@@ -35,7 +35,9 @@ class ServerConfig:
     evaluate: bool = True  # test-split evaluation of the initial and final models
     max_blob_mb: float = 2048.0
     max_chunk_kb: int = 4096
-    max_workers: int = 128  # gRPC threads; long-polls hold one each
+    max_workers: int = 128  # gRPC threads; long-polls and queued uploads hold one each
+    # Submits receiving at once, each holding one payload-sized buffer; more queue (0: no cap)
+    max_concurrent_uploads: int = 4
     allowed_sites: tuple[str, ...] = ()  # empty = any site id may register
     # mutual TLS (docs/security.md): a `fedvox provision` folder, or the three files (which win
     # over the folder's); without them the server refuses to start unless `insecure` is set
@@ -54,6 +56,8 @@ class ServerConfig:
             raise ValueError("fraction and quorum must lie in (0, 1]")
         if self.round_timeout_s <= 0 or self.poll_timeout_s <= 0 or self.site_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_concurrent_uploads < 0:
+            raise ValueError("max_concurrent_uploads must be >= 0 (0: no cap)")
         from fedvox.server.strategies import create
 
         create(self.strategy, self.strategy_params)  # unknown names and bad values fail here

@@ -70,13 +70,23 @@ class OpenRound:
     deadline: float
     journal: RoundJournal  # the plan and every accepted result, on disk
     results: dict[str, Result] = field(default_factory=dict)  # by site id
+    # by site id: why its update was refused for its content; the round waits no more for it
+    refused: dict[str, str] = field(default_factory=dict)
     folded: int = 0  # how many sites of the sorted sample a streaming scheme has folded
 
     def sorted_sites(self) -> list[str]:
         return sorted(t.site_id for t in self.tasks.values())
 
     def pending_sites(self) -> list[str]:
-        return [t.site_id for t in self.tasks.values() if t.site_id not in self.results]
+        return [
+            t.site_id
+            for t in self.tasks.values()
+            if t.site_id not in self.results and t.site_id not in self.refused
+        ]
+
+    def is_open(self, task_id: str) -> bool:
+        task = self.tasks.get(task_id)
+        return task is not None and task.site_id not in self.refused
 
 
 class Orchestrator:
@@ -201,7 +211,7 @@ class Orchestrator:
                 self.cond.wait(remaining)
 
     def _open_task_for(self, site_id: str) -> Task | None:
-        if self.open is None or site_id in self.open.results:
+        if self.open is None or site_id in self.open.results or site_id in self.open.refused:
             return None
         for task in self.open.tasks.values():
             if task.site_id == site_id:
@@ -220,7 +230,7 @@ class Orchestrator:
             if not math.isfinite(progress):
                 raise invalid(f"progress {progress} is not a finite number")
             site.progress = min(max(progress, 0.0), 1.0)
-            return bool(task_id) and (self.open is None or task_id not in self.open.tasks)
+            return bool(task_id) and (self.open is None or not self.open.is_open(task_id))
 
     def blob_path(self, digest: str) -> Path:
         path = self.store.blob_path(digest)
@@ -244,6 +254,10 @@ class Orchestrator:
                 return True
             task = self._task_for_result(header)
             self._check_header(task, header)
+            try:
+                _check_numbers(header)
+            except WireError as exc:
+                raise self.refuse_content(header, exc) from None
             max_size = int(self.config.max_blob_mb * 1e6)
             if task.kind is TaskKind.TRAIN:
                 max_size = min(max_size, self.publish_size + _DELTA_SLACK)
@@ -275,6 +289,13 @@ class Orchestrator:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"task {header.task_id} belongs to round {task.round}, not {header.round}",
             )
+        reason = self.open.refused.get(task.site_id)
+        if reason is not None:
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {header.task_id} of round {task.round} ended when its update was refused "
+                f"({reason}); this site takes part again from the next round",
+            )
         return task
 
     def _check_header(self, task: Task, header: ResultHeader) -> None:
@@ -283,16 +304,45 @@ class Orchestrator:
             raise invalid(
                 f"a {task.kind} task must upload payload {expected}, not {header.payload}"
             )
-        if header.num_examples < 0 or header.local_steps < 0:
-            raise invalid("num_examples and local_steps must be >= 0")
-        bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise invalid(f"metric {bad[0]!r} is not finite")
         if expected is Payload.NONE:
             if header.size or header.digest:
                 raise invalid("an evaluation result carries no blob: size and digest must be empty")
         elif not _DIGEST.match(header.digest):
             raise invalid(f"digest {header.digest!r} is not a lower-case sha256 hex string")
+
+    def refuse_content(self, header: ResultHeader, error: WireError) -> WireError:
+        """Record that the site's update was refused for what it holds, not for how it
+        travelled; returns the error to answer with.
+
+        The same update would be refused again (NaN, a wrong name, shape or dtype, a negative
+        count), so retrying cannot help: the round stops waiting for this site and may close
+        without it (quorum still applies), and the site takes part again from the next round.
+        Transport failures (a truncated stream, a digest mismatch) are not recorded here, so
+        their task stays open for a retry."""
+        with self.cond:
+            open_ = self.open
+            task = open_.tasks.get(header.task_id) if open_ is not None else None
+            if (
+                open_ is None
+                or task is None
+                or task.site_id != header.site_id
+                or header.site_id in open_.results
+            ):
+                return error
+            open_.refused.setdefault(header.site_id, error.message)
+            self.registry.sites[header.site_id].task_id = ""
+            log.warning(
+                "round %d: refused the update of %s (%s); the round no longer waits for it",
+                open_.round,
+                header.site_id,
+                error.message,
+            )
+            self.cond.notify_all()
+        return WireError(
+            error.code,
+            f"{error.message}; the round no longer waits for this site, "
+            "which takes part again from the next round",
+        )
 
     def _is_replay(self, header: ResultHeader) -> bool:
         """True for an exact resend of a counted result; a conflicting one is refused."""
@@ -311,7 +361,7 @@ class Orchestrator:
             )
         return True
 
-    def accept(self, header: ResultHeader, blob: bytearray, tensors: StateDict) -> bool:
+    def accept(self, header: ResultHeader, blob: memoryview, tensors: StateDict) -> bool:
         """Count a checked result; returns False when it was a replay.
 
         The blob is written to the journal (and fsynced) before it counts, so a killed
@@ -320,10 +370,10 @@ class Orchestrator:
             if self._is_replay(header):
                 return False
             task = self._task_for_result(header)  # the round may have closed during the upload
-            if task.kind is TaskKind.TRAIN:
-                check_schema(tensors, self.upload_schema)
-            elif task.kind is TaskKind.INIT and not tensors:
-                raise invalid("initial weights hold no tensors")
+            try:
+                self._check_tensors(task, tensors)
+            except WireError as exc:
+                raise self.refuse_content(header, exc) from None
             assert self.open is not None
             journal = self.open.journal
         try:
@@ -339,6 +389,12 @@ class Orchestrator:
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)  # still there only if it did not count
+
+    def _check_tensors(self, task: Task, tensors: StateDict) -> None:
+        if task.kind is TaskKind.TRAIN:
+            check_schema(tensors, self.upload_schema)
+        elif task.kind is TaskKind.INIT and not tensors:
+            raise invalid("initial weights hold no tensors")
 
     def _count(self, header: ResultHeader, tensors: StateDict, staged: Path | None) -> bool:
         with self.cond:
@@ -620,6 +676,15 @@ class Orchestrator:
         )
 
 
+def _check_numbers(header: ResultHeader) -> None:
+    """What the site computed, as the header reports it: refused content, not framing."""
+    if header.num_examples < 0 or header.local_steps < 0:
+        raise invalid("num_examples and local_steps must be >= 0")
+    bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise invalid(f"metric {bad[0]!r} is not finite")
+
+
 def _summary(open_: OpenRound, duration: float) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     per_name: dict[str, list[float]] = {}
@@ -629,10 +694,13 @@ def _summary(open_: OpenRound, duration: float) -> dict[str, Any]:
             per_name.setdefault(name, []).append(value)
     for name, values in per_name.items():
         metrics[f"mean/{name}"] = sum(values) / len(values)  # unweighted: each site counts once
-    return {
+    summary: dict[str, Any] = {
         "round": open_.round,
         "kind": str(open_.kind),
         "sites": sorted(open_.results),
         "metrics": metrics,
         "duration_seconds": round(duration, 3),
     }
+    if open_.refused:
+        summary["refused"] = dict(sorted(open_.refused.items()))
+    return summary

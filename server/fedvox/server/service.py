@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +23,7 @@ from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+_SLOT_POLL_S = 0.5  # how often a queued upload checks that its client is still there
 
 _KIND_TO_PB = {
     TaskKind.WAIT: pb.TASK_TYPE_WAIT,
@@ -66,13 +70,81 @@ def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[pb
         yield pb.DownloadResponse(offset=offset, data=data, total_size=total)
 
 
+class UploadSlots:
+    """At most `cap` Submits hold a receive buffer at once (0: no cap), served first come first.
+
+    A queued stream reads nothing more, so its client is held back by gRPC's flow-control
+    window instead of filling our memory: peak memory is about `cap` payloads however many
+    sites upload together. The most ever held is logged as it rises, so that an operator (and
+    the tests) can see the cap hold."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.held = 0
+        self.high_water = 0
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    @contextmanager
+    def hold(self, context: grpc.ServicerContext, site: str) -> Iterator[bool]:
+        """Hold a buffer's place for the block; yields whether the upload had to queue."""
+        queued = self._acquire(context, site)
+        try:
+            yield queued
+        finally:
+            with self._cond:
+                self.held -= 1
+                self._cond.notify_all()
+
+    def _acquire(self, context: grpc.ServicerContext, site: str) -> bool:
+        token = object()
+        with self._cond:
+            self._queue.append(token)
+            try:
+                queued = self._full(token)
+                if queued:
+                    log.info(
+                        "uploads: %s queues for a receive buffer (%d of %d held, %d waiting)",
+                        site,
+                        self.held,
+                        self.cap,
+                        len(self._queue) - 1,
+                    )
+                while self._full(token):
+                    if not context.is_active():  # cancelled or past its deadline: give up
+                        raise WireError(
+                            grpc.StatusCode.CANCELLED, "the upload ended while it was queued"
+                        )
+                    self._cond.wait(_SLOT_POLL_S)
+            finally:
+                self._queue.remove(token)
+                self._cond.notify_all()  # the next in line may now be at the head
+            self.held += 1
+            if self.held > self.high_water:
+                self.high_water = self.held
+                log.info(
+                    "uploads: %d receive buffer(s) held at once, the most so far (cap %s)",
+                    self.held,
+                    self.cap or "none",
+                )
+            return queued
+
+    def _full(self, token: object) -> bool:
+        return bool(self.cap) and (self._queue[0] is not token or self.held >= self.cap)
+
+
 class FederationService(pb_grpc.FederationServiceServicer):
     def __init__(
-        self, orchestrator: Orchestrator, heartbeat_interval_s: float, max_chunk_bytes: int
+        self,
+        orchestrator: Orchestrator,
+        heartbeat_interval_s: float,
+        max_chunk_bytes: int,
+        max_concurrent_uploads: int = 0,
     ) -> None:
         self.orch = orchestrator
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_chunk_bytes = max_chunk_bytes
+        self.slots = UploadSlots(max_concurrent_uploads)
 
     @_rpc_errors
     def Register(
@@ -115,33 +187,54 @@ class FederationService(pb_grpc.FederationServiceServicer):
             raise invalid("the first Submit message must be a header")
         header = _header_from_pb(first.header)
         require_site(context, header.site_id)
-        if self.orch.begin_submit(header):
-            return pb.SubmitResponse(
-                accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
-            )
-        blob, tensors = self._receive(header, request_iterator)
-        counted = self.orch.accept(header, blob, tensors)
+        replay = self._replay(header)  # also refuses a bad header before the upload queues
+        if replay is not None:
+            return replay
+        # an evaluation result has no blob, so it needs no buffer and never queues
+        slot = (
+            nullcontext(False)
+            if header.payload is Payload.NONE
+            else self.slots.hold(context, header.site_id)
+        )
+        with slot as queued:
+            # checked again: the round may have closed, or a resend won, while this one queued
+            replay = self._replay(header) if queued else None
+            if replay is not None:
+                return replay
+            blob, tensors = self._receive(header, request_iterator)
+            counted = self.orch.accept(header, blob, tensors)
+            del blob, tensors  # the slot is free only once this buffer is
         return pb.SubmitResponse(
             accepted=True,
             duplicate=not counted,
             message=f"result for task {header.task_id} (round {header.round}) accepted",
         )
 
+    def _replay(self, header: ResultHeader) -> pb.SubmitResponse | None:
+        if not self.orch.begin_submit(header):
+            return None
+        return pb.SubmitResponse(
+            accepted=True, duplicate=True, message=f"task {header.task_id} was already accepted"
+        )
+
     def _receive(
         self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]
-    ) -> tuple[bytearray, StateDict]:
+    ) -> tuple[memoryview, StateDict]:
         if header.payload is Payload.NONE:
             if next(messages, None) is not None:
                 raise invalid("an evaluation result carries no chunks")
-            return bytearray(), {}
+            return memoryview(b""), {}
         assembler = BlobAssembler(header.size, header.digest, max_chunk=self.max_chunk_bytes)
         for message in messages:
             if not message.HasField("chunk"):
                 raise invalid("only chunks may follow the Submit header")
             assembler.add(message.chunk.offset, message.chunk.data)
-        blob = assembler.finish()
-        tensors = parse_safetensors(blob)
-        check_finite(tensors)
+        blob = assembler.finish()  # a transport failure here leaves the task open for a retry
+        try:
+            tensors = parse_safetensors(blob)
+            check_finite(tensors)
+        except WireError as exc:
+            raise self.orch.refuse_content(header, exc) from None
         return blob, tensors
 
     @_rpc_errors
