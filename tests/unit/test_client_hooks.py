@@ -114,6 +114,7 @@ def test_hook_config_is_checked() -> None:
         SchemeHooks.from_config({"moon_mu": 1.0})
     with pytest.raises(ValueError, match=r"unknown local_keys policy 'body'"):
         SchemeHooks.from_config({"local_keys": "body"})
+    assert SchemeHooks.from_config({"scaffold": True, "lr": 0.05}).lr == 0.05
     hooks = SchemeHooks.from_config({"freeze": ["a", "b"], "proximal_mu": 0.1})
     assert hooks.freeze == ("a", "b") and hooks.proximal_mu == 0.1
 

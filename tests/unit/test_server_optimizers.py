@@ -213,7 +213,14 @@ def test_scaffold_extras_cover_the_float_tensors() -> None:
     extras = strategy.download_extras()
     assert sorted(extras) == ["scaffold.c/w"]
     np.testing.assert_array_equal(extras["scaffold.c/w"], [0.0, 0.0])
-    assert strategy.client_config(1) == {"scaffold": True}
+    assert strategy.client_config(1) == {"scaffold": True, "lr": 0.1}  # SGD's default lr
+
+
+def test_scaffold_client_lr_goes_to_the_sites_and_is_checked() -> None:
+    strategy = strategies.create("scaffold", {"client_lr": "0.05"})
+    assert strategy.client_config(1) == {"scaffold": True, "lr": 0.05}
+    with pytest.raises(ValueError, match="client_lr must be > 0"):
+        strategies.create("scaffold", {"client_lr": "0"})
 
 
 def test_scaffold_updates_w_and_c_over_two_rounds_with_partial_participation() -> None:

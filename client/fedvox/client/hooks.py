@@ -5,6 +5,7 @@ scaffold     SCAFFOLD: correct each gradient by c - c_i; keep c_i at the site.
 local_keys   FedBN ("norm") / FedPer ("head"): layers that never leave the site,
              chosen by module type, never by substrings of names.
 freeze       parameter names that must not change this round (FedMA's layer-wise phases).
+lr           the scheme's own client learning rate, in place of train.lr (SCAFFOLD's SGD).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class SchemeHooks:
     local_keys: str = ""  # "", "norm" or "head"
     head_layers: int = 1
     freeze: tuple[str, ...] = ()
+    lr: float = 0.0  # the scheme's own client learning rate (SCAFFOLD's SGD); 0: train.lr
 
     @staticmethod
     def from_config(config: Mapping[str, Any]) -> SchemeHooks:

@@ -182,12 +182,13 @@ class MonaiTrainer(Trainer):
         torch.manual_seed(_site_seed(self.site_id, settings.seed, round_))
         model.train()
         hooks = SchemeHooks.from_config(config.strategy)
+        lr = hooks.lr or settings.lr
         scheme = SchemeTraining(
             hooks,
             model,
             self._control(extras or {}, hooks),
             self._device_tensors(self.state.load("scaffold_ci", round_ - 1) or {}),
-            settings.lr,
+            lr,
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
@@ -195,12 +196,10 @@ class MonaiTrainer(Trainer):
             # SCAFFOLD's c_i update assumes plain SGD steps of size lr: no momentum there
             momentum = 0.0 if hooks.scaffold else 0.9
             optimizer = torch.optim.SGD(
-                trainable, lr=settings.lr, momentum=momentum, weight_decay=settings.weight_decay
+                trainable, lr=lr, momentum=momentum, weight_decay=settings.weight_decay
             )
         else:
-            optimizer = torch.optim.Adam(
-                trainable, lr=settings.lr, weight_decay=settings.weight_decay
-            )
+            optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=settings.weight_decay)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         amp = settings.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
