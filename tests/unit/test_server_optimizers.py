@@ -77,12 +77,12 @@ def test_fedadam_one_step_against_the_formula() -> None:
 
 
 def test_fedadam_defaults_against_the_formula() -> None:
-    strategy = FedAdam()  # lr 0.01, beta1 0.9, beta2 0.99, tau 1e-3
+    strategy = FedAdam()  # lr 0.1, beta1 0.9, beta2 0.99, tau 1e-3
     result = one_round(strategy, W3, ROUND1)
     # m = 0.1 D = [0.01, -0.07, 0];  v = 0.99e-6 + 0.01 D^2 = [1.0099e-4, 4.90099e-3, 9.9e-7]
-    # step = 0.01 m / (sqrt v + 1e-3) = [0.0090503, -0.0098582, 0]
+    # step = 0.1 m / (sqrt v + 1e-3) = [0.0905027, -0.0985817, 0]
     close(strategy.state_dict()["v/w"], [1.0099e-4, 4.90099e-3, 9.9e-7])
-    close(result["w"], [1.0090503, 1.9901418, 3.0])
+    close(result["w"], [1.0905027, 1.9014183, 3.0])
 
 
 # FedYogi and FedAdagrad: D1 = [0.2, -0.7, 0], then D2 = [0.3, 0, 0.05]

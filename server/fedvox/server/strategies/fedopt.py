@@ -73,7 +73,10 @@ class FedAvgM(_ServerState):
 
 @dataclass(frozen=True)
 class AdaptiveParams:
-    lr: float = 0.01  # server learning rate eta
+    # server learning rate eta: every coordinate moves about eta per round, whatever the
+    # delta's size. At 0.01 the CPU demo's UNet (sites on Adam, lr 0.01) did not learn in 5
+    # rounds; at 0.1 FedAdam / FedYogi reached test Dice 0.69 / 0.71 after 3 (FedAvg: 0.85)
+    lr: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3  # adaptivity: larger tau = closer to momentum SGD
@@ -105,10 +108,18 @@ class _Adaptive(_ServerState):
         return FedAvg.step(self, step)
 
 
+@dataclass(frozen=True)
+class AdagradParams(AdaptiveParams):
+    # v sums D^2 rather than taking (1 - beta2) of it, so sqrt(v) is about 10x Adam's and the
+    # same step needs 10x the lr: at 0.1 the demo stayed at Dice 0.005, at 1.0 it reached 0.71
+    lr: float = 1.0
+
+
 class FedAdagrad(_Adaptive):
     """Server Adagrad on the mean delta (Reddi et al. 2021): v <- v + D^2."""
 
     name = "fedadagrad"
+    Params = AdagradParams
 
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         out: np.ndarray = v + delta_sq
