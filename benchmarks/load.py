@@ -17,8 +17,10 @@ FedAvg, one round, no evaluation) and drives the real protocol with
 Measured: the wall time from the release to the last reply (aggregate throughput = N x blob
 size / that time), and the server's RSS, sampled with psutil every --sample-ms, before the
 release (baseline), at its peak while the uploads run, and at its peak until round 1 is
-aggregated and checkpointed (completed_round = 1). Figures are medians over the repeats;
-stdout ends with exactly one JSON line holding them all.
+aggregated and checkpointed (completed_round = 1), and the most receive buffers the server held
+at once (from its log). Every repeat runs once per `max_concurrent_uploads` value of --caps
+(0 = no cap), in a rotating order. Figures are medians over the repeats; stdout ends with
+exactly one JSON line holding them all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -127,10 +130,11 @@ class Repeat:
     rss_peak_round_bytes: int  # through aggregation and the checkpoint
     round_seconds: float  # release -> completed_round == 1
     accepted: int
+    buffers_high_water: int  # the most receive buffers held at once, from the server's log
 
 
 @contextmanager
-def server(workdir: Path, sites: int) -> Iterator[tuple[int, str]]:
+def server(workdir: Path, sites: int, cap: int) -> Iterator[tuple[int, str]]:
     """A fresh fedvox server process; yields (pid, address)."""
     state = workdir / "state"
     port = free_port()
@@ -150,6 +154,7 @@ def server(workdir: Path, sites: int) -> Iterator[tuple[int, str]]:
         *("--set", "poll_timeout_s=0.5"),
         *("--set", "site_timeout_s=3600"),
         *("--set", "round_timeout_s=3600"),
+        *("--set", f"max_concurrent_uploads={cap}"),
     ]
     process = spawn("fedvox.server", args, workdir / "server.log")
     address = f"127.0.0.1:{port}"
@@ -201,9 +206,16 @@ def completed_round(address: str) -> int:
         return int(status.completed_round)
 
 
-def one_repeat(blobs: Blobs, n_sites: int, workdir: Path, interval_s: float) -> Repeat:
+_HIGH_WATER = re.compile(r"uploads: (\d+) receive buffer\(s\) held at once")
+
+
+def buffers_high_water(server_log: Path) -> int:
+    return max(map(int, _HIGH_WATER.findall(server_log.read_text(errors="replace"))), default=0)
+
+
+def one_repeat(blobs: Blobs, n_sites: int, workdir: Path, interval_s: float, cap: int) -> Repeat:
     full_digest, delta_digest = sha256_hex(blobs.full), sha256_hex(blobs.delta)
-    with server(workdir, n_sites) as (pid, address):
+    with server(workdir, n_sites, cap) as (pid, address):
         sites = [Connection(address, f"load-{i:03d}", give_up_after_s=60) for i in range(n_sites)]
         try:
             for site in sites:
@@ -258,52 +270,17 @@ def one_repeat(blobs: Blobs, n_sites: int, workdir: Path, interval_s: float) -> 
         rss_peak_round_bytes=peak_round,
         round_seconds=round_s,
         accepted=accepted,
+        buffers_high_water=buffers_high_water(workdir / "server.log"),
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sites", type=int, default=50, help="concurrent sites (default 50)")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh servers (default 3)")
-    parser.add_argument("--sample-ms", type=float, default=10.0, help="RSS sampling interval")
-    parser.add_argument("--workdir", type=Path, help="server state and logs (default: a temp dir)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    blobs = unet_blobs()
-    size = len(blobs.delta)
-    print(
-        f"{args.sites} sites x {size / MB:.1f} MB DELTA ({blobs.parameters:,} float32 in "
-        f"{blobs.tensors} tensors), {args.repeats} repeats",
-        file=sys.stderr,
-    )
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="fedvox-load-"))
-    repeats: list[Repeat] = []
-    for r in range(args.repeats):
-        workdir = root / f"repeat-{r}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        repeats.append(one_repeat(blobs, args.sites, workdir, args.sample_ms / 1000))
-        last = repeats[-1]
-        print(
-            f"repeat {r + 1}: {last.accepted}/{args.sites} accepted in {last.upload_seconds:.1f}s "
-            f"({last.aggregate_mbps:.0f} MB/s), server RSS {last.rss_baseline_bytes / MB:.0f} "
-            f"-> {last.rss_peak_upload_bytes / MB:.0f} MB (uploads), "
-            f"{last.rss_peak_round_bytes / MB:.0f} MB (through the checkpoint)",
-            file=sys.stderr,
-        )
-    if not args.workdir:
-        shutil.rmtree(root, ignore_errors=True)
-
+def summarise(repeats: list[Repeat], n_sites: int, size: int) -> dict[str, Any]:
     def median(key: str) -> float:
         return float(statistics.median(getattr(r, key) for r in repeats))
 
     growth = median("rss_peak_upload_bytes") - median("rss_baseline_bytes")
-    result = {
-        "benchmark": "load",
-        "sites": args.sites,
-        "repeats": args.repeats,
-        "payload_bytes": size,
-        "parameters": blobs.parameters,
-        "all_accepted": all(r.accepted == args.sites for r in repeats),
+    return {
+        "all_accepted": all(r.accepted == n_sites for r in repeats),
         "upload_seconds": median("upload_seconds"),
         "aggregate_mbps": median("aggregate_mbps"),
         "round_seconds": median("round_seconds"),
@@ -312,30 +289,93 @@ def main(argv: list[str] | None = None) -> int:
         "server_rss_peak_max_bytes": max(r.rss_peak_upload_bytes for r in repeats),
         "server_rss_peak_through_checkpoint_bytes": median("rss_peak_round_bytes"),
         "server_rss_growth_x_payload": growth / size,
+        "buffers_high_water_max": max(r.buffers_high_water for r in repeats),
         "runs": [asdict(r) for r in repeats],
-        "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
     }
-    print(f"{'figure (median of ' + str(args.repeats) + ')':<44}{'value':>14}")
-    print(f"{'uploads accepted':<44}{args.sites:>14}")
-    print(
-        f"{'wall time of the 50 uploads (s)'.replace('50', str(args.sites)):<44}"
-        f"{result['upload_seconds']:>14.2f}"
+
+
+def print_table(results: dict[int, dict[str, Any]], n_sites: int, n_repeats: int) -> None:
+    rows = [
+        (f"wall time of the {n_sites} uploads (s)", "upload_seconds", 1, "{:.2f}"),
+        ("aggregate throughput (MB/s)", "aggregate_mbps", 1, "{:.1f}"),
+        ("server RSS before the uploads (MB)", "server_rss_baseline_bytes", MB, "{:.0f}"),
+        ("server peak RSS during the uploads (MB)", "server_rss_peak_bytes", MB, "{:.0f}"),
+        ("  worst repeat (MB)", "server_rss_peak_max_bytes", MB, "{:.0f}"),
+        ("  growth / payload size", "server_rss_growth_x_payload", 1, "{:.1f}"),
+        (
+            "server peak RSS through the checkpoint (MB)",
+            "server_rss_peak_through_checkpoint_bytes",
+            MB,
+            "{:.0f}",
+        ),
+        ("receive buffers held at once (most)", "buffers_high_water_max", 1, "{:.0f}"),
+    ]
+    caps = [f"cap {c}" if c else "no cap" for c in results]
+    print(f"{'figure (median of ' + str(n_repeats) + ')':<46}" + "".join(f"{c:>12}" for c in caps))
+    for label, key, scale, form in rows:
+        cells = "".join(f"{form.format(r[key] / scale):>12}" for r in results.values())
+        print(f"{label:<46}{cells}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", type=int, default=50, help="concurrent sites (default 50)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh servers (default 3)")
+    parser.add_argument(
+        "--caps",
+        type=int,
+        nargs="+",
+        default=[0, 4],
+        help="max_concurrent_uploads values to compare, 0 = no cap (default: 0 4)",
     )
-    print(f"{'aggregate throughput (MB/s)':<44}{result['aggregate_mbps']:>14.1f}")
-    print(f"{'server RSS before the uploads (MB)':<44}{median('rss_baseline_bytes') / MB:>14.0f}")
+    parser.add_argument("--sample-ms", type=float, default=10.0, help="RSS sampling interval")
+    parser.add_argument("--workdir", type=Path, help="server state and logs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    blobs = unet_blobs()
+    size = len(blobs.delta)
     print(
-        f"{'server peak RSS during the uploads (MB)':<44}"
-        f"{median('rss_peak_upload_bytes') / MB:>14.0f}"
+        f"{args.sites} sites x {size / MB:.1f} MB DELTA ({blobs.parameters:,} float32 in "
+        f"{blobs.tensors} tensors), {args.repeats} repeats, caps {args.caps}",
+        file=sys.stderr,
     )
-    print(f"{'  growth / payload size':<44}{result['server_rss_growth_x_payload']:>14.1f}")
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="fedvox-load-"))
+    repeats: dict[int, list[Repeat]] = {cap: [] for cap in args.caps}
+    for r in range(args.repeats):
+        shift = r % len(args.caps)  # rotate the order so that no cap always runs first
+        for cap in args.caps[shift:] + args.caps[:shift]:
+            workdir = root / f"repeat-{r}-cap-{cap}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            last = one_repeat(blobs, args.sites, workdir, args.sample_ms / 1000, cap)
+            repeats[cap].append(last)
+            print(
+                f"repeat {r + 1}, cap {cap}: {last.accepted}/{args.sites} accepted in "
+                f"{last.upload_seconds:.1f}s ({last.aggregate_mbps:.0f} MB/s), server RSS "
+                f"{last.rss_baseline_bytes / MB:.0f} -> {last.rss_peak_upload_bytes / MB:.0f} MB "
+                f"(uploads), {last.rss_peak_round_bytes / MB:.0f} MB (through the checkpoint), "
+                f"{last.buffers_high_water} buffers at most",
+                file=sys.stderr,
+            )
+    if not args.workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    results = {cap: summarise(runs, args.sites, size) for cap, runs in repeats.items()}
+    print_table(results, args.sites, args.repeats)
     print(
-        f"{'server peak RSS through the checkpoint (MB)':<44}"
-        f"{median('rss_peak_round_bytes') / MB:>14.0f}"
+        json.dumps(
+            {
+                "benchmark": "load",
+                "sites": args.sites,
+                "repeats": args.repeats,
+                "payload_bytes": size,
+                "parameters": blobs.parameters,
+                "by_max_concurrent_uploads": {str(cap): r for cap, r in results.items()},
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(),
+                "python": platform.python_version(),
+                "grpcio": grpc.__version__,
+            }
+        )
     )
-    print(json.dumps(result))
     return 0
 
 

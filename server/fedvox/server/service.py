@@ -74,9 +74,9 @@ class UploadSlots:
     """At most `cap` Submits hold a receive buffer at once (0: no cap), served first come first.
 
     A queued stream reads nothing more, so its client is held back by gRPC's flow-control
-    window instead of filling our memory: peak memory is about `cap` payloads however many
-    sites upload together. The most ever held is logged as it rises, so that an operator (and
-    the tests) can see the cap hold."""
+    window instead of filling our memory: peak memory is about `cap` payloads plus a stream
+    window per queued upload, however many sites upload together. The most ever held is logged
+    as it rises, so that an operator (and the tests) can see the cap hold."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
