@@ -1,6 +1,7 @@
 """`max_concurrent_uploads` against a real server process: more sites upload at once than the
 cap allows, and every upload is accepted while the server never holds more than `cap` receive
-buffers; a queued or receiving upload whose client goes away gives its place up.
+buffers; a queued or receiving upload whose client goes away gives its place up, also when
+the client freezes without closing its connection (the server's keepalive pings find it).
 
 The server logs each new high-water mark of receive buffers held at once; the tests read it
 from the process's log, the same line an operator sees."""
@@ -8,7 +9,9 @@ from the process's log, the same line an operator sees."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -63,6 +66,7 @@ def start_server(tmp: Path, sites: int, cap: int) -> Server:
         "evaluate": "false",
         "poll_timeout_s": "0.5",
         "round_timeout_s": "300",
+        "site_timeout_s": "300",  # the sites here are driven by hand and send no heartbeats
         "max_concurrent_uploads": str(cap),
     }
     args = server_args(port, tmp / "state", rounds=1, min_sites=sites, settings=settings)
@@ -221,3 +225,47 @@ def wait_for_log(server: Server, pattern: str) -> None:
     while not re.search(pattern, server.log_text()):
         assert time.monotonic() < deadline, f"no {pattern!r} in:\n{log_tail(server.log, 30)}"
         time.sleep(0.05)
+
+
+# A site that uploads its first chunk and then stops answering (SIGSTOP from the test): its
+# connection stays open, so only the server's keepalive pings can tell that it is gone.
+STALLED_UPLOAD = """
+import sys, time, grpc
+from fedvox.v1 import federation_pb2 as pb, federation_pb2_grpc as rpc
+stub = rpc.FederationServiceStub(grpc.insecure_channel(sys.argv[1]))
+header = pb.SubmitHeader.FromString(bytes.fromhex(sys.argv[2]))
+def stream():
+    yield pb.SubmitRequest(header=header)
+    yield pb.SubmitRequest(chunk=pb.SubmitChunk(offset=0, data=b"\\0" * 65536))
+    print("SENT", flush=True)
+    time.sleep(3600)
+stub.Submit(stream(), timeout=3600)
+"""
+
+
+@pytest.mark.parametrize("sites_in_round_1", [(2, 1)], indirect=True)
+def test_a_site_that_vanishes_mid_upload_frees_its_place(
+    sites_in_round_1: tuple[Server, list[Connection], dict[str, pb.Task]], tmp_path: Path
+) -> None:
+    """site-a holds the only place and freezes without closing its connection; the server's
+    keepalive (30 s + 10 s) ends its call, and site-b's queued upload is then accepted."""
+    server, (_, b), tasks = sites_in_round_1
+    blob = model_blob(1.0)
+    frozen = header("site-a", tasks["site-a"], blob, pb.PAYLOAD_KIND_DELTA)
+    stalled = subprocess.Popen(
+        [sys.executable, "-c", STALLED_UPLOAD, server.address, frozen.SerializeToString().hex()],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert stalled.stdout is not None and stalled.stdout.readline() == b"SENT\n"
+        wait_for_log(server, r"uploads: 1 receive buffer\(s\) held at once")
+        stalled.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        reply = submit(b, tasks["site-b"], blob, pb.PAYLOAD_KIND_DELTA)
+        waited = time.monotonic() - began
+    finally:
+        stalled.kill()
+        stalled.wait()
+    assert reply.accepted and not reply.duplicate
+    assert 20 < waited < 90, waited  # freed by the keepalive, not at once and not at a deadline
+    assert server.high_water() == 1

@@ -60,6 +60,14 @@ def start(config: ServerConfig) -> RunningServer:
             # MB, and 1 MiB per round trip still outruns a site's uplink at 50 ms
             ("grpc.http2.bdp_probe", 0),
             ("grpc.http2.lookahead_bytes", _STREAM_WINDOW),
+            # ping every connection with a call in flight, so that an upload whose site
+            # vanished without closing its connection ends (and frees its place among
+            # max_concurrent_uploads) within about 40 s; an uploading server sends no data
+            # frames, hence no limit on pings without data
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.ping_timeout_ms", 10_000),  # what grpcio 1.85 waits for the ack
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
     pb_grpc.add_FederationServiceServicer_to_server(
