@@ -125,13 +125,23 @@ class Store:
         self._blobs[checkpoint.publish[0]] = checkpoint.publish_path
 
     def load_weights(self, checkpoint: Checkpoint) -> StateDict:
-        return parse_safetensors(bytearray(checkpoint.model_path.read_bytes()))
+        return parse_safetensors(_read_writable(checkpoint.model_path))
 
     def load_strategy_state(self, checkpoint: Checkpoint) -> StateDict:
-        return parse_safetensors(bytearray((checkpoint.path / "strategy.safetensors").read_bytes()))
+        return parse_safetensors(_read_writable(checkpoint.path / "strategy.safetensors"))
 
     def blob_path(self, digest: str) -> Path | None:
         return self._blobs.get(digest)
+
+
+def _read_writable(path: Path) -> bytearray:
+    """The file's bytes in one writable buffer, read straight into it: `bytearray(read_bytes())`
+    would hold the file twice for a moment, a model-sized spike at every round's end."""
+    with open(path, "rb") as f:
+        buffer = bytearray(os.fstat(f.fileno()).st_size)
+        if f.readinto(buffer) != len(buffer):
+            raise OSError(f"{path} changed size while being read")
+    return buffer
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
