@@ -48,7 +48,7 @@ import numpy as np
 import psutil  # type: ignore[import-untyped]
 
 from fedvox.client.connection import Connection
-from fedvox.sim.processes import free_port, spawn, stop, wait_healthy
+from fedvox.sim.processes import free_port, server_args, spawn, stop, wait_for_tasks, wait_healthy
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.tensors import StateDict, sha256_hex, to_safetensors
@@ -138,24 +138,14 @@ def server(workdir: Path, sites: int, cap: int) -> Iterator[tuple[int, str]]:
     """A fresh fedvox server process; yields (pid, address)."""
     state = workdir / "state"
     port = free_port()
-    args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-        "--min-sites",
-        str(sites),
-        "--rounds",
-        "1",
-        "--insecure",
-        *("--set", "evaluate=false"),
-        *("--set", "poll_timeout_s=0.5"),
-        *("--set", "site_timeout_s=3600"),
-        *("--set", "round_timeout_s=3600"),
-        *("--set", f"max_concurrent_uploads={cap}"),
-    ]
+    settings = {
+        "evaluate": "false",
+        "poll_timeout_s": "0.5",
+        "site_timeout_s": "3600",
+        "round_timeout_s": "3600",
+        "max_concurrent_uploads": str(cap),
+    }
+    args = [*server_args(port, state, rounds=1, min_sites=sites, settings=settings), "--insecure"]
     process = spawn("fedvox.server", args, workdir / "server.log")
     address = f"127.0.0.1:{port}"
     try:
@@ -168,21 +158,6 @@ def server(workdir: Path, sites: int, cap: int) -> Iterator[tuple[int, str]]:
     finally:
         stop(process)
         shutil.rmtree(state, ignore_errors=True)
-
-
-def wait_for(sites: list[Connection], kind: int, count: int, timeout_s: float) -> dict[int, Any]:
-    """Poll the sites until `count` of them hold a task of type `kind`; by site index."""
-    found: dict[int, Any] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(found) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(found)} of {count} sites got task type {kind}")
-        for index, site in enumerate(sites):
-            if index not in found:
-                task = site.get_task(poll_timeout_s=0.5).task
-                if task.type == kind:
-                    found[index] = task
-    return found
 
 
 def submit(site: Connection, task: Any, kind: pb.PayloadKind, blob: bytes, digest: str) -> Any:
@@ -220,11 +195,11 @@ def one_repeat(blobs: Blobs, n_sites: int, workdir: Path, interval_s: float, cap
         try:
             for site in sites:
                 site.register(10, {"benchmark": "load"})
-            (index, task), *_ = wait_for(sites, pb.TASK_TYPE_INIT, 1, 300).items()
+            (index, task), *_ = wait_for_tasks(sites, pb.TASK_TYPE_INIT, 1, 300).items()
             reply = submit(sites[index], task, pb.PAYLOAD_KIND_FULL, blobs.full, full_digest)
             if not reply.accepted:
                 raise RuntimeError(f"INIT upload refused: {reply}")
-            tasks = wait_for(sites, pb.TASK_TYPE_TRAIN, n_sites, 300)
+            tasks = wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, n_sites, 300)
             time.sleep(0.5)  # let the checkpoint's buffers go before the baseline
             replies: list[Any] = [None] * n_sites
             errors: list[BaseException] = []

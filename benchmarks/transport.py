@@ -428,6 +428,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# This benchmark keeps its own process helpers rather than fedvox.sim.processes': it is also
+# run against older commits of fedvox (before/after figures), which lack those helpers.
 @contextlib.contextmanager
 def fedvox_server(workdir: Path, name: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A fresh `python -m fedvox.server` with its own state dir; yields (process, address)."""

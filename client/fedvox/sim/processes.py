@@ -14,7 +14,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedvox.client.connection import Connection
 from fedvox.tls import TlsFiles, open_channel
+from fedvox.v1 import federation_pb2 as pb
 
 
 def free_port() -> int:
@@ -61,6 +63,24 @@ def client_args(
         *("--threads", str(threads), "--set", f"state_dir={state}"),
         *set_args(settings or {}),
     ]
+
+
+def wait_for_tasks(
+    sites: Sequence[Connection], kind: int, count: int, timeout_s: float = 300.0
+) -> dict[int, pb.Task]:
+    """Poll the sites' connections until `count` of them hold a task of type `kind`; the tasks
+    by site index (benchmarks and tests that play the sites themselves)."""
+    found: dict[int, pb.Task] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(found)} of {count} sites got task type {kind}")
+        for index, site in enumerate(sites):
+            if index not in found:
+                task = site.get_task(poll_timeout_s=0.5).task
+                if task.type == kind:
+                    found[index] = task
+    return found
 
 
 def spawn(
