@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from fedvox.admin import get_status, status_dict
+from fedvox.sim.federation import watch_until_done
 from fedvox.sim.processes import (
     client_args,
     free_port,
-    log_tail,
     server_args,
     spawn,
     stop,
@@ -102,7 +100,7 @@ def federate(out: Path, sites: list[Path], strategy: str, attack: str) -> Outcom
                 [*client_args(site, address, state, settings=settings), "--insecure"],
                 out / f"{site.name}.log",
             )
-        status = _wait_done(address, server, clients, out, timeout=900)
+        status = watch_until_done(address, server, clients, out, timeout=900)
     finally:
         for client in clients.values():
             stop(client)
@@ -111,33 +109,6 @@ def federate(out: Path, sites: list[Path], strategy: str, attack: str) -> Outcom
     final = metrics_document(history, {})["final"]["test_dice"]["mean"]
     server_log = (out / "server.log").read_text(errors="replace")
     return Outcome(strategy, attack, float(final), history, server_log, time.monotonic() - began)
-
-
-def _wait_done(
-    address: str,
-    server: subprocess.Popen[bytes],
-    clients: dict[str, subprocess.Popen[bytes]],
-    out: Path,
-    timeout: float,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, process in {"server": server, **clients}.items():
-            if process.poll() is not None and process.returncode != 0:
-                raise AssertionError(
-                    f"{name} exited with {process.returncode}:\n{log_tail(out / f'{name}.log')}"
-                )
-        try:
-            status = status_dict(get_status(address, timeout=5))
-        except grpc.RpcError:
-            time.sleep(1)
-            continue
-        if status["phase"] == "done":
-            return status
-        time.sleep(1)
-    raise AssertionError(
-        f"the federation did not finish in {timeout:.0f}s:\n{log_tail(out / 'server.log')}"
-    )
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def run_federation(fed: Federation, watcher: Watcher | None = None) -> dict[str,
                 env,
             )
         watcher.started(address, logs)
-        status = _watch(address, server, clients, logs, fed.timeout, watcher, admin)
+        status = watch_until_done(address, server, clients, logs, fed.timeout, watcher, admin)
         digest = download_model(address, out / GLOBAL_MODEL, tls=admin)
     finally:
         for process in clients.values():
@@ -150,16 +150,18 @@ def _security(insecure: bool, certs: Path, sites: list[str]) -> tuple[list[str],
     return ["--tls-dir", str(certs)], files_in(certs, ADMIN_CN)
 
 
-def _watch(
+def watch_until_done(
     address: str,
     server: Any,
-    clients: dict[str, Any],
+    clients: Mapping[str, Any],
     logs: Path,
     timeout: float,
-    watcher: Watcher,
+    watcher: Watcher | None = None,
     tls: TlsFiles | None = None,
 ) -> dict[str, Any]:
-    """Poll the server's status about once a second until the run is done."""
+    """Poll the server's status about once a second until the run is done; raises if a process
+    (logging to `logs / <name>.log`) fails or `timeout` passes."""
+    watcher = watcher or Silent()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, process in {"server": server, **clients}.items():

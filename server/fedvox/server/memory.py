@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 _M_ARENA_MAX = -8  # mallopt's parameter number in glibc's <malloc.h>
@@ -21,9 +20,6 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     server's threads mostly wait on the GIL, so fewer arenas cost no measurable contention."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    path = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(path).mallopt if path else None
-    except (OSError, AttributeError):  # no C library found, or one without mallopt (musl)
-        mallopt = None
+    # the C library already loaded into this process (no library search, no subprocess)
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     return bool(mallopt and mallopt(_M_ARENA_MAX, arenas))
