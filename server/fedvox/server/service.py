@@ -120,6 +120,12 @@ class UploadSlots:
                 self._queue.remove(token)
                 self._cond.notify_all()  # the next in line may now be at the head
             self.held += 1
+            log.info(
+                "uploads: %s receives into a buffer (%d of %s held)",
+                site,
+                self.held,
+                self.cap or "no cap",
+            )
             if self.held > self.high_water:
                 self.high_water = self.held
                 log.info(
