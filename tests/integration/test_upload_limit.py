@@ -25,6 +25,7 @@ import pytest
 
 from fedvox.client.connection import Connection
 from fedvox.sim.processes import free_port, log_tail, server_args, spawn, stop, wait_healthy
+from fedvox.sim.processes import wait_for_tasks as wait_for_sites_tasks
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.chunks import iter_buffer_chunks
@@ -113,16 +114,9 @@ def model_blob(value: float) -> bytes:
 def wait_for_tasks(
     connections: list[Connection], kind: pb.TaskType, count: int
 ) -> dict[str, pb.Task]:
-    found: dict[str, pb.Task] = {}
-    deadline = time.monotonic() + 60
-    while len(found) < count:
-        assert time.monotonic() < deadline, f"{len(found)} of {count} sites got task {kind}"
-        for connection in connections:
-            if connection.site_id not in found:
-                task = connection.get_task(poll_timeout_s=0.5).task
-                if task.type == kind:
-                    found[connection.site_id] = task
-    return found
+    """`fedvox.sim.processes.wait_for_tasks`, by site id."""
+    found = wait_for_sites_tasks(connections, kind, count, timeout_s=60)
+    return {connections[index].site_id: task for index, task in found.items()}
 
 
 def header(site: str, task: pb.Task, blob: bytes, kind: pb.PayloadKind) -> pb.SubmitHeader:
@@ -193,7 +187,7 @@ def test_a_client_that_goes_away_frees_its_place(
         release.wait(60)
 
     held = a.stub.Submit.future(stalled(), timeout=60)
-    wait_for_log(server, r"uploads: 1 receive buffer\(s\) held at once")
+    wait_for_log(server, r"uploads: site-a receives into a buffer")
     queued_b = b.stub.Submit.future(iter(messages("site-b", tasks["site-b"], blob)), timeout=60)
     wait_for_log(server, r"uploads: site-b queues for a receive buffer")
     queued_b.cancel()
@@ -258,7 +252,7 @@ def test_a_site_that_vanishes_mid_upload_frees_its_place(
     )
     try:
         assert stalled.stdout is not None and stalled.stdout.readline() == b"SENT\n"
-        wait_for_log(server, r"uploads: 1 receive buffer\(s\) held at once")
+        wait_for_log(server, r"uploads: site-a receives into a buffer")
         stalled.send_signal(signal.SIGSTOP)
         began = time.monotonic()
         reply = submit(b, tasks["site-b"], blob, pb.PAYLOAD_KIND_DELTA)
