@@ -14,8 +14,10 @@ import pytest
 import safetensors.numpy as st
 
 from fedvox.wire.tensors import (
+    CACHED_HEADER_BYTES,
     StateDict,
     TensorSpec,
+    _cached_layout,
     check_finite,
     check_schema,
     parse_safetensors,
@@ -296,3 +298,34 @@ def test_check_finite_allocates_no_tensor_sized_mask() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 200_000, peak
+
+
+# ---- the cached layout check ----
+
+
+def test_a_cached_layout_still_refuses_a_blob_of_another_size() -> None:
+    blob = to_safetensors({"a": f32([1.0, 2.0]), "b": f32([3.0])})
+    np.testing.assert_array_equal(parse_safetensors(blob)["b"], [3.0])
+    # the same header again, now cached, over data 4 bytes short and 4 bytes long
+    with raises_wire(BAD, r"tensor 'b': byte range \[8, 12\) is inconsistent"):
+        parse_safetensors(blob[:-4])
+    with raises_wire(BAD, "4 trailing bytes after the last tensor"):
+        parse_safetensors(blob + bytes(4))
+    again = parse_safetensors(bytearray(blob))
+    again["a"][0] = 7.0  # views into the new buffer, not into the first blob
+    assert parse_safetensors(blob)["a"][0] == 1.0
+
+
+def test_refused_and_oversized_headers_are_not_cached() -> None:
+    before = _cached_layout.cache_info().currsize
+    with raises_wire(BAD, "bad shape"):
+        parse_safetensors(
+            raw_blob({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4))
+        )
+    assert _cached_layout.cache_info().currsize == before
+    meta = {
+        "__metadata__": {"pad": "x" * CACHED_HEADER_BYTES},
+        "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    }
+    assert parse_safetensors(raw_blob(meta, f32([5.0]).tobytes()))["w"][0] == 5.0
+    assert _cached_layout.cache_info().currsize == before

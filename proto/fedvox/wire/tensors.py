@@ -8,6 +8,7 @@ chunks were reassembled into, and check every field before trusting it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -141,29 +142,56 @@ def parse_safetensors(buffer: bytes | bytearray | memoryview | npt.NDArray[np.ui
     (hlen,) = struct.unpack("<Q", view[:8])
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(view):
         raise invalid(f"safetensors header length {hlen} exceeds the blob")
+    data = view[8 + hlen :]
+    out: StateDict = {}
+    header = bytes(view[8 : 8 + hlen])
+    check = _cached_layout if len(header) <= CACHED_HEADER_BYTES else _layout
+    layout, end = check(header, len(data))
+    for name, dtype, count, shape, begin in layout:
+        try:
+            out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+        except ValueError as exc:  # more than 64 dimensions, or sizes numpy cannot index
+            raise invalid(f"tensor {name!r}: bad shape: {exc}") from None
+    if end != len(data):
+        raise invalid(f"{len(data) - end} trailing bytes after the last tensor")
+    return out
+
+
+_Layout = tuple[tuple[str, np.dtype[np.generic], int, tuple[int, ...], int], ...]
+
+
+def _layout(header: bytes, data_size: int) -> tuple[_Layout, int]:
+    """The checked (name, dtype, count, shape, begin) of every tensor, in data order, and
+    where the last one ends.
+
+    The shapes are checked against numpy's limits as the views are made."""
     try:
-        meta = json.loads(bytes(view[8 : 8 + hlen]))
+        meta = json.loads(header)
     except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge ints, deep nesting
         raise invalid(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise invalid("safetensors header is not a JSON object")
     meta.pop("__metadata__", None)
-    data = view[8 + hlen :]
-    out: StateDict = {}
+    layout = []
     expected_begin = 0
     for name, entry in sorted(meta.items(), key=lambda kv: _begin(kv[0], kv[1])):
         dtype, shape, (begin, end) = _entry(name, entry)
         count = math.prod(shape)
-        if begin != expected_begin or end - begin != count * dtype.itemsize or end > len(data):
+        if begin != expected_begin or end - begin != count * dtype.itemsize or end > data_size:
             raise invalid(f"tensor {name!r}: byte range [{begin}, {end}) is inconsistent")
-        try:
-            out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-        except ValueError as exc:  # more than 64 dimensions, or sizes numpy cannot index
-            raise invalid(f"tensor {name!r}: bad shape: {exc}") from None
+        layout.append((name, dtype, count, shape, begin))
         expected_begin = end
-    if expected_begin != len(data):
-        raise invalid(f"{len(data) - expected_begin} trailing bytes after the last tensor")
-    return out
+    return tuple(layout), expected_begin
+
+
+# Every upload of a federation, and every blob read back from the journal, carries the
+# same header, and checking it is most of a parse's time (about 7 us per tensor in Python,
+# 0.7 ms for the default UNet). The key is the exact header bytes and the data size,
+# everything the checks read, so a cached layout is one that passed them; a refused
+# header raises and is not cached. Only headers up to 256 KiB (the default UNet's is
+# 10 KB) are kept, so the cache holds at most a few MB whatever sites send.
+CACHED_HEADER_BYTES = 256 * 1024
+_cached_layout = functools.lru_cache(maxsize=16)(_layout)
 
 
 def _begin(name: str, entry: object) -> int:
