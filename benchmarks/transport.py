@@ -13,6 +13,10 @@ shared machine hits all paths alike:
 * the gRPC floor: a server in its own process with fedvox's RPCs and message sizes but
   nothing behind them (Submit drains the chunks, Download streams from memory): what
   grpcio alone costs;
+* what every transfer must do besides moving bytes, in this process: SHA-256 of the
+  payload (every Download and Submit verifies one), and SHA-256 plus a write and fsync
+  of it (an upload counts only once the round journal holds it durably): ceilings no
+  transport can beat, measured so that a missed ratio can be told from a slow transport;
 * a fresh fedvox server process (`python -m fedvox.server`), driven through the real
   protocol with `fedvox.client.connection.Connection`: three sites register, one
   uploads the initial FULL weights (INIT), then for TRAIN round 1 sites 0 and 1 each
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -225,6 +230,33 @@ class Measure:
         self._update()
         r.server_cpu_s = _cpu(self.server) - self._cpu[0]
         r.client_cpu_s = _cpu(self.client) - self._cpu[1]
+
+
+# ---------------------------------------------------------------- what every transfer must do
+
+
+def digest_only(data: bytes) -> Transfer:
+    """SHA-256 of the payload in this process: every Download and every Submit verifies one,
+    so neither can be faster than this, whatever the transport."""
+    started = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    return Transfer(seconds=time.perf_counter() - started)
+
+
+def digest_and_persist(data: bytes, workdir: Path) -> Transfer:
+    """SHA-256, then write and fsync the payload where the server keeps its state: an upload
+    counts only once the journal holds it durably (crash-safe rounds), so no Submit can be
+    faster than this."""
+    path = workdir / "persist.bin"
+    started = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return Transfer(seconds=seconds)
 
 
 # ---------------------------------------------------------------- raw TCP
@@ -535,6 +567,7 @@ def _check(response: pb.SubmitResponse, what: str) -> None:
 @dataclass
 class FedvoxRun:
     init: Transfer
+    init_round: Transfer  # INIT's upload through to the new global model (checkpoint and all)
     download: Transfer  # the server process's first Download
     download_second: Transfer  # a second one, by another site: allocator already warm
     upload: Transfer  # first DELTA of round 1
@@ -548,12 +581,13 @@ def fedvox_run(payload: Payload, workdir: Path, name: str, interval_s: float) ->
             for site in sites:
                 site.register(10, {"benchmark": "transport"})
             (index, task), *_ = _wait_for_tasks(sites, pb.TASK_TYPE_INIT, 1).items()
-            with Measure(process.pid, interval_s) as init:
-                response = _submit(
-                    sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
-                )
-            _check(response, "INIT upload")
-            train = _wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, NUM_SITES)
+            with Measure(process.pid, interval_s) as init_round:
+                with Measure(process.pid, interval_s) as init:
+                    response = _submit(
+                        sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
+                    )
+                _check(response, "INIT upload")
+                train = _wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, NUM_SITES)
             if train[0].global_digest != payload.full_digest:
                 raise RuntimeError("the global model is not the blob we uploaded")
             time.sleep(0.2)  # let the checkpoint's temporary buffers go before the baseline
@@ -580,7 +614,7 @@ def fedvox_run(payload: Payload, workdir: Path, name: str, interval_s: float) ->
         finally:
             for site in sites:
                 site.close()
-    return FedvoxRun(init, downloads[0], downloads[1], uploads[0], uploads[1])
+    return FedvoxRun(init, init_round, downloads[0], downloads[1], uploads[0], uploads[1])
 
 
 # ---------------------------------------------------------------- reporting
@@ -592,11 +626,14 @@ LABELS = {
     "raw_down": "raw TCP down (server->client)",
     "floor_up": "gRPC floor up (no-op Submit)",
     "floor_down": "gRPC floor down (in-memory Download)",
+    "digest": "SHA-256 only (every transfer)",
+    "persist": "SHA-256 + write + fsync (every Submit)",
     "download": "fedvox Download, 1st in process",
     "download_second": "fedvox Download, 2nd in process",
     "upload": "fedvox Submit DELTA, 1st of round",
     "upload_second": "fedvox Submit DELTA, 2nd of round",
     "upload_init": "fedvox Submit FULL (INIT)",
+    "init_round": "fedvox INIT, upload to new global",
 }
 
 
@@ -675,12 +712,15 @@ def measure_size(
         runs["raw_down"].append(_best(lambda: raw.download(payload.size, interval_s)))
         runs["floor_up"].append(_best(lambda: floor.upload(payload.delta, interval_s)))
         runs["floor_down"].append(_best(lambda: floor.download(payload.size, interval_s)))
+        runs["digest"].append(_best(lambda: digest_only(payload.delta)))
+        runs["persist"].append(_best(lambda: digest_and_persist(payload.delta, workdir)))
         run = fedvox_run(payload, workdir, f"{payload.mb:g}mb-{r}", interval_s)
         runs["download"].append(run.download)
         runs["download_second"].append(run.download_second)
         runs["upload"].append(run.upload)
         runs["upload_second"].append(run.upload_second)
         runs["upload_init"].append(run.init)
+        runs["init_round"].append(run.init_round)
         log.info(
             "%g MB repeat %d: raw up %.0f, raw down %.0f, download %.0f, upload %.0f MB/s",
             payload.mb,
@@ -691,10 +731,10 @@ def measure_size(
             payload.size / run.upload.seconds / MB,
         )
     paths = {k: summarise(v, payload.size) for k, v in runs.items()}
-    for k in ("download", "download_second", "floor_down", "raw_down"):
+    for k in ("download", "download_second", "floor_down", "raw_down", "digest"):
         paths[k].ratio_vs_raw = paths[k].mbps / paths["raw_down"].mbps
         paths[k].ratio_vs_grpc_floor = paths[k].mbps / paths["floor_down"].mbps
-    for k in ("upload", "upload_second", "upload_init", "floor_up", "raw_up"):
+    for k in ("upload", "upload_second", "upload_init", "floor_up", "raw_up", "persist"):
         paths[k].ratio_vs_raw = paths[k].mbps / paths["raw_up"].mbps
         paths[k].ratio_vs_grpc_floor = paths[k].mbps / paths["floor_up"].mbps
     figures = SizeFigures(payload.mb, payload.size, payload.tensors, paths)
@@ -749,8 +789,9 @@ def print_table(figures: SizeFigures, out: Callable[[str], None]) -> None:
     for key, label in LABELS.items():
         p = figures.paths[key]
         floor = "" if p.ratio_vs_grpc_floor is None else f"{p.ratio_vs_grpc_floor:.2f}"
+        raw = "" if p.ratio_vs_raw is None else f"{p.ratio_vs_raw:.2f}"  # init_round: no rate
         out(
-            f"{label:36} {p.mbps:7.1f} {_ratio(p):5.2f} {floor:>6} "
+            f"{label:36} {p.mbps:7.1f} {raw:>5} {floor:>6} "
             f"{p.server_rss_growth_bytes / MB:11.1f} {p.server_rss_x_payload:5.2f} "
             f"{p.server_anon_x_payload:6.2f} {p.client_rss_growth_bytes / MB:11.1f} "
             f"{p.server_cpu_s:9.2f} {p.client_cpu_s:9.2f}"

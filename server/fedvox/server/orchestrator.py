@@ -73,9 +73,6 @@ class OpenRound:
     # by site id: why its update was refused for its content; the round waits no more for it
     refused: dict[str, str] = field(default_factory=dict)
     folded: int = 0  # how many sites of the sorted sample a streaming scheme has folded
-    # INIT's upload as it arrived, in its receive buffer: it becomes the global model as it
-    # is, rather than being read back from the journal and then from the checkpoint
-    init_weights: StateDict | None = None
 
     def sorted_sites(self) -> list[str]:
         return sorted(t.site_id for t in self.tasks.values())
@@ -170,11 +167,9 @@ class Orchestrator:
                 )
         return live
 
-    def _set_global(self, checkpoint: Checkpoint, written: StateDict | None = None) -> None:
-        # serve and aggregate from the checkpoint's bytes, not from buffers a scheme may
-        # still write to; `written` is what the checkpoint was written from when nothing
-        # else holds it (INIT's upload), and is kept rather than read back as a second copy
-        self.global_weights = self.store.load_weights(checkpoint) if written is None else written
+    def _set_global(self, checkpoint: Checkpoint) -> None:
+        # serve and aggregate from the checkpoint's bytes, not the buffers they came from
+        self.global_weights = self.store.load_weights(checkpoint)
         self.global_digest = checkpoint.digest
         self.publish_digest, self.publish_size = checkpoint.publish
         self.schema = schema_of(self.global_weights)
@@ -421,8 +416,6 @@ class Orchestrator:
                 header.num_examples, dict(header.metrics), header.digest
             )
             self.accepted[header.task_id] = (header.site_id, header.digest)
-            if task.kind is TaskKind.INIT:
-                round_.init_weights = tensors
             fresh = Update(
                 header.site_id,
                 header.num_examples,
@@ -642,7 +635,7 @@ class Orchestrator:
     def _aggregate(self, open_: OpenRound) -> StateDict:
         if open_.kind is TaskKind.INIT:
             (entry,) = open_.journal.entries.values()
-            weights = entry.tensors() if open_.init_weights is None else open_.init_weights
+            weights = entry.tensors()
             self.strategy.initialize(schema_of(weights))
             return weights
         if isinstance(self.strategy, StreamingStrategy):
@@ -666,7 +659,7 @@ class Orchestrator:
                     "summary": summary,
                 },
             )
-            self._set_global(checkpoint, open_.init_weights)
+            self._set_global(checkpoint)
             self.completed_round = open_.round
         summary["global_digest"] = self.global_digest
         self.history.append(summary)
