@@ -19,9 +19,10 @@ torch), so its peak RSS belongs to that scheme and N alone:
 * `fedavg-spilled`: the same fold for updates that arrived out of order and wait in the
   journal: `FedAvg.accept(entry.load())` over memory maps of the spilled blobs (timed,
   including the map and the header parse), in sorted site order;
-* `median`: a batch scheme, `Median.aggregate(SpilledUpdateSet(entries))`, which reads
-  every spilled blob one tensor of all sites at a time (timed as a whole; per update =
-  total / N).
+* `median`: a batch scheme, `Median.aggregate(SpilledUpdateSet(entries))` with
+  byzantine=0 (the coordinate-wise median itself, without the default Krum pre-selection,
+  whose cost is Krum's), which reads every spilled blob one tensor of all sites at a time
+  (timed as a whole; per update = total / N).
 
 Each child runs --rounds rounds (default 3) back to back, as a server does, and times every
 update of every round. Before each timed update it times two floors in the same process:
@@ -212,7 +213,7 @@ def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, A
         weighted_ms.append([])
         total_start = time.perf_counter()
         if scheme == "median":
-            median = Median()
+            median = Median(Median.Params(byzantine=0))
             median.begin(global_weights, context)
             floor()
             start = time.perf_counter()

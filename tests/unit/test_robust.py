@@ -12,7 +12,7 @@ import pytest
 from fedvox.server import strategies
 from fedvox.server.journal import RoundJournal, SpilledUpdateSet
 from fedvox.server.strategies import RoundContext
-from fedvox.server.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
+from fedvox.server.strategies.robust import Krum, Median, MultiKrum, TrimmedMean, krum_select
 from fedvox.wire.settings import ConfigError
 from fedvox.wire.tensors import Array, StateDict, to_safetensors
 from tests.helpers import f32, sha256
@@ -74,6 +74,9 @@ FIVE: list[tuple[str, int, StateDict]] = [
 #   n[0]: 1, 2, 3, 4, 5        median 3   trimmed 3
 #   n[1]: 1, 1, 2, 2, 4        median 2   trimmed (1+2+2)/3 = 1.67 -> rounded 2
 # Plain means: w = [63/5, 10/5, 59/5] = [12.6, 2, 11.8]; the outliers drag it far off.
+# The tests of the plain statistics set byzantine=0; the defaults (byzantine=1) first set
+# aside the update with the worst Krum score, tested below the plain ones.
+PLAIN = {"byzantine": 0}
 
 
 def run(
@@ -87,7 +90,7 @@ def run(
 
 
 def test_median_of_five_updates(tmp_path: Path) -> None:
-    result = run(Median(), tmp_path)
+    result = run(strategies.create("median", PLAIN), tmp_path)
     assert sorted(result) == ["n", "w"]
     assert result["w"].dtype == np.float32
     np.testing.assert_array_equal(result["w"], [13.0, 21.0, 32.0])
@@ -96,7 +99,7 @@ def test_median_of_five_updates(tmp_path: Path) -> None:
 
 
 def test_trimmed_mean_of_five_updates(tmp_path: Path) -> None:
-    strategy = strategies.create("trimmed_mean")  # Flower's default beta = 0.2
+    strategy = strategies.create("trimmed_mean", PLAIN)  # Flower's default beta = 0.2
     assert isinstance(strategy, TrimmedMean)
     assert strategy.params.beta == 0.2
     result = run(strategy, tmp_path)
@@ -107,7 +110,7 @@ def test_trimmed_mean_of_five_updates(tmp_path: Path) -> None:
 
 
 def test_trimmed_mean_beta_zero_is_the_plain_mean(tmp_path: Path) -> None:
-    result = run(strategies.create("trimmed_mean", {"beta": 0.0}), tmp_path)
+    result = run(strategies.create("trimmed_mean", {"beta": 0.0, **PLAIN}), tmp_path)
     np.testing.assert_allclose(result["w"].astype(np.float64), [22.6, 22.0, 41.8], rtol=1e-6)
     # n: [15/5, 10/5] = [3, 2]
     np.testing.assert_array_equal(result["n"], [103, 2])
@@ -115,14 +118,17 @@ def test_trimmed_mean_beta_zero_is_the_plain_mean(tmp_path: Path) -> None:
 
 def test_trimmed_mean_with_a_large_beta_is_the_median(tmp_path: Path) -> None:
     # beta 0.4 of 5 sites drops 2 at each end: only the middle value is left
-    result = run(TrimmedMean(TrimmedMean.Params(beta=0.4)), tmp_path)
+    result = run(TrimmedMean(TrimmedMean.Params(beta=0.4, byzantine=0)), tmp_path)
     np.testing.assert_array_equal(result["w"], [13.0, 21.0, 32.0])
 
 
 def test_median_of_an_even_number_of_sites_averages_the_middle_two(tmp_path: Path) -> None:
     # without e: w[0]: 1, 3, 7, 50 -> 5;  w[1]: -4, -1, 1, 8 -> 0;  w[2]: -50, 0, 7, 100 -> 3.5
     # n[0]: 1, 2, 4, 5 -> 3;  n[1]: 1, 2, 2, 4 -> 2
-    result = run(Median(), tmp_path, FIVE[:4])
+    # by default too: 4 sites are too few to set one aside (Krum needs more than 2f + 2)
+    strategy = Median()
+    result = run(strategy, tmp_path, FIVE[:4])
+    assert strategy.selected == ("a", "b", "c", "d")
     np.testing.assert_array_equal(result["w"], [15.0, 20.0, 33.5])
     np.testing.assert_array_equal(result["n"], [103, 2])
 
@@ -130,7 +136,7 @@ def test_median_of_an_even_number_of_sites_averages_the_middle_two(tmp_path: Pat
 def test_sites_without_examples_are_left_out(tmp_path: Path) -> None:
     huge: StateDict = {"w": f32([1e6, 1e6, 1e6]), "n": np.array([1000, 1000], dtype=np.int64)}
     # counted, the sixth update would move every median to the mean of the middle two
-    result = run(Median(), tmp_path, [*FIVE, ("z", 0, huge)])
+    result = run(Median(Median.Params(byzantine=0)), tmp_path, [*FIVE, ("z", 0, huge)])
     np.testing.assert_array_equal(result["w"], [13.0, 21.0, 32.0])
 
 
@@ -147,11 +153,54 @@ def test_global_weights_are_not_modified(tmp_path: Path) -> None:
 
 def test_reads_one_tensor_of_every_site_at_a_time(tmp_path: Path) -> None:
     updates = Recording(spilled(tmp_path, FIVE))
-    strategy = Median()
+    strategy = Median(Median.Params(byzantine=0))
     strategy.begin(GLOBAL5, CONTEXT)
     strategy.aggregate(updates)
     sites = ["a", "b", "c", "d", "e"]
     assert updates.reads == [(s, "n") for s in sites] + [(s, "w") for s in sites]
+
+
+# ---- the defaults: Krum pre-selection, then the statistic ----
+
+# Squared distances between FIVE's float deltas (w only; counters do not count):
+#   a-b 5731, a-c 10502, a-d 2267, a-e 2378, b-c 22585, b-d 2648, b-e 2709,
+#   c-d 10041, c-e 9654, d-e 105
+# n = 5, f = 1: each score sums the n - f - 2 = 2 smallest distances to the others:
+FIVE_SCORES = {"a": 4645, "b": 5357, "c": 19695, "d": 2372, "e": 2483}  # c is set aside
+# Over a, b, d, e:
+#   w[0]: 1, 2, 3, 50      median (2+3)/2 = 2.5     mean 56/4 = 14
+#   w[1]: -4, -1, 6, 8     median (-1+6)/2 = 2.5    mean 9/4 = 2.25
+#   w[2]: -50, 0, 2, 7     median (0+2)/2 = 1       mean -41/4 = -10.25
+#   n[0]: 1, 3, 4, 5       median 3.5 -> 4 (ties to even)   mean 3.25 -> 3
+#   n[1]: 1, 1, 2, 4       median 1.5 -> 2                  mean 2
+
+
+def test_median_sets_aside_the_worst_krum_score_first(tmp_path: Path) -> None:
+    strategy = strategies.create("median")
+    assert isinstance(strategy, Median)
+    assert strategy.params.byzantine == 1
+    result = run(strategy, tmp_path)
+    assert strategy.selected == ("a", "b", "d", "e")
+    np.testing.assert_array_equal(result["w"], [12.5, 22.5, 31.0])
+    np.testing.assert_array_equal(result["n"], [104, 2])
+
+
+def test_trimmed_mean_sets_aside_the_worst_krum_score_first(tmp_path: Path) -> None:
+    strategy = strategies.create("trimmed_mean")
+    assert isinstance(strategy, TrimmedMean)
+    assert (strategy.params.beta, strategy.params.byzantine) == (0.2, 1)
+    result = run(strategy, tmp_path)
+    # beta 0.2 of the 4 sites left trims int(0.8) = 0 per end: their plain mean
+    assert strategy.selected == ("a", "b", "d", "e")
+    np.testing.assert_array_equal(result["w"], [24.0, 22.25, 19.75])
+    np.testing.assert_array_equal(result["n"], [103, 2])
+
+
+def test_the_pre_selection_uses_krum_scores(tmp_path: Path) -> None:
+    sites = ["a", "b", "c", "d", "e"]
+    selected, scores = krum_select(GLOBAL5, spilled(tmp_path, FIVE), sites, 1, 4)
+    assert scores == pytest.approx(FIVE_SCORES, rel=1e-12)
+    assert selected == ("d", "e", "a", "b")  # lowest score first
 
 
 # ---- Krum and Multi-Krum: five honest sites, two colluding outliers ----
@@ -289,6 +338,8 @@ def test_krum_without_byzantine_sites_runs_from_three_sites(tmp_path: Path) -> N
         ("multikrum", {"keep": -2}, r"multikrum: keep must be >= 0"),
         ("multikrum", {"byzantine": "x"}, r"multikrum.byzantine"),
         ("median", {"beta": 0.1}, r"strategy 'median' has no parameter 'beta'"),
+        ("median", {"byzantine": -1}, r"median: byzantine must be >= 0, got -1"),
+        ("trimmed_mean", {"byzantine": -3}, r"trimmed_mean: byzantine must be >= 0, got -3"),
     ],
 )
 def test_bad_parameters_are_rejected(name: str, params: dict[str, object], message: str) -> None:

@@ -1,7 +1,9 @@
 """Byzantine-robust aggregators: coordinate-wise median and trimmed mean, Krum, Multi-Krum.
 
 Median, trimmed mean: Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed
-          Learning: Towards Optimal Statistical Rates", ICML 2018.
+          Learning: Towards Optimal Statistical Rates", ICML 2018; with byzantine = f > 0
+          (the default, 1) they first set aside the f updates with the worst Krum scores,
+          as Bulyan does (El Mhamdi, Guerraoui, Rouault, ICML 2018), see _CoordinateWise.
 Krum, Multi-Krum: Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
           Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017 (Multi-Krum as
           evaluated by El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of
@@ -100,7 +102,21 @@ def _counted_sites(updates: UpdateSet) -> list[str]:
 
 
 class _CoordinateWise(BatchStrategy):
-    """Aggregates each coordinate independently: a trimmed mean with a per-round cut."""
+    """Aggregates each coordinate independently: a trimmed mean with a per-round cut.
+
+    Why the Krum pre-selection (byzantine = f > 0): a coordinate-wise order statistic is
+    biased by a Byzantine update that sits inside the honest range on many coordinates,
+    as a sign-flipped delta does. With 1 of 5 sites flipping its delta, the plain median
+    and trimmed mean lost 0.04 to 0.06 test Dice against a clean run, at 3 rounds and
+    still at 10 to 30 (tests/integration/test_poisoning.py). Across whole updates, such
+    a delta is the one farthest from the others, so the f updates with the worst Krum
+    scores are set aside first and the statistic runs over the other n - f. Pre-selection
+    needs n > 2f + 2 sites, as Krum does; a round with fewer uses every site.
+    """
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.selected: tuple[str, ...] = ()  # last round's sites that entered the statistic
 
     @abstractmethod
     def cut(self, n: int) -> int:
@@ -108,8 +124,21 @@ class _CoordinateWise(BatchStrategy):
 
     def aggregate(self, updates: UpdateSet) -> StateDict:
         sites = _counted_sites(updates)
+        f = int(self.params.byzantine)
+        if f > 0 and len(sites) > 2 * f + 2:
+            sites = sorted(krum_select(self.global_weights, updates, sites, f, len(sites) - f)[0])
+        self.selected = tuple(sites)
         step = coordinate_wise_step(self.global_weights, updates, sites, self.cut(len(sites)))
         return apply_step(self.global_weights, step)
+
+
+@dataclass(frozen=True)
+class MedianParams:
+    byzantine: int = 1  # f: updates set aside by Krum score first (needs n > 2f + 2); 0 = none
+
+    def __post_init__(self) -> None:
+        if self.byzantine < 0:
+            raise ValueError(f"median: byzantine must be >= 0, got {self.byzantine}")
 
 
 class Median(_CoordinateWise):
@@ -119,9 +148,14 @@ class Median(_CoordinateWise):
     coordinate j, w_j <- w_j + median_i delta_{i,j}, every site counting once (for an even
     number of sites, the mean of the two middle values). Tolerates fewer than half of the
     sites sending arbitrary updates.
+
+    byzantine = f (default 1): with more than 2f + 2 sites, the f updates with the worst
+    Krum scores are set aside before the median (see _CoordinateWise); byzantine=0 is the
+    plain median of every site, which a round with 2f + 2 sites or fewer also uses.
     """
 
     name = "median"
+    Params = MedianParams
 
     def cut(self, n: int) -> int:
         return _median_cut(n)
@@ -130,10 +164,13 @@ class Median(_CoordinateWise):
 @dataclass(frozen=True)
 class TrimmedMeanParams:
     beta: float = 0.2  # fraction of sites dropped at EACH end of every coordinate (Flower: 0.2)
+    byzantine: int = 1  # f: updates set aside by Krum score first (needs n > 2f + 2); 0 = none
 
     def __post_init__(self) -> None:
         if not 0 <= self.beta < 0.5:
             raise ValueError(f"trimmed_mean: beta must lie in [0, 0.5), got {self.beta}")
+        if self.byzantine < 0:
+            raise ValueError(f"trimmed_mean: byzantine must be >= 0, got {self.byzantine}")
 
 
 class TrimmedMean(_CoordinateWise):
@@ -144,6 +181,10 @@ class TrimmedMean(_CoordinateWise):
     sites' values and average the rest (unweighted), as Flower's FedTrimmedAvg and
     scipy.stats.trim_mean do. With fewer than 1/beta sites nothing is dropped (the plain
     mean); beta = 0 is always the plain mean.
+
+    byzantine = f (default 1): with more than 2f + 2 sites, the f updates with the worst
+    Krum scores are set aside first and n counts the sites left (see _CoordinateWise);
+    byzantine=0 trims over every site, as a round with 2f + 2 sites or fewer also does.
     """
 
     name = "trimmed_mean"
@@ -204,6 +245,18 @@ def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
     return scores
 
 
+def krum_select(
+    global_weights: StateDict, updates: UpdateSet, sites: Sequence[str], f: int, m: int
+) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The m sites with the lowest Krum scores (ties: the earlier site in `sites`) and every
+    site's score. Distances use the floating tensors only (see the module docstring)."""
+    floats = sorted(k for k, v in global_weights.items() if v.dtype.kind == "f")
+    scores = krum_scores(pairwise_sq_distances(global_weights, updates, sites, floats), f)
+    order = np.argsort(scores, kind="stable")
+    selected = tuple(sites[int(i)] for i in order[:m])
+    return selected, {site: float(s) for site, s in zip(sites, scores, strict=True)}
+
+
 class _KrumFamily(BatchStrategy):
     """Scores every update by its distance to its nearest neighbours; averages the best."""
 
@@ -238,12 +291,9 @@ class _KrumFamily(BatchStrategy):
             self.fell_back, self.selected = True, tuple(sites)
             step = coordinate_wise_step(self.global_weights, updates, sites, _median_cut(n))
             return apply_step(self.global_weights, step)
-        floats = sorted(k for k, v in self.global_weights.items() if v.dtype.kind == "f")
-        scores = krum_scores(pairwise_sq_distances(self.global_weights, updates, sites, floats), f)
-        self.scores = {site: float(s) for site, s in zip(sites, scores, strict=True)}
-        order = np.argsort(scores, kind="stable")  # ties: the earlier site in sorted order
         m = min(self.keep(n), n - f)
-        self.selected = tuple(sorted(sites[int(i)] for i in order[:m]))
+        selected, self.scores = krum_select(self.global_weights, updates, sites, f, m)
+        self.selected = tuple(sorted(selected))
         step = {
             name: _stack(updates, self.selected, name, base).mean(axis=0, dtype=np.float64)
             for name, base in sorted(self.global_weights.items())
