@@ -1,12 +1,13 @@
 """One of five real client processes is Byzantine (ClientConfig.byzantine): it uploads its delta
 scaled x100, sign-flipped, or full of NaN. NaN never gets past validation and the rounds complete
-by quorum without it; under median, trimmed mean and Krum the final test Dice stays within 0.02 of
-a clean run with the same seed. FedAvg's figures are printed for contrast, not asserted.
+by quorum without it; under median, trimmed mean and Krum, with their defaults, the final test
+Dice stays within 2% of a clean run with the same seed. FedAvg's figures are printed for contrast,
+not asserted.
 
 Every federation here is a real server process and five real client processes on loopback:
-16 of them (4 strategies x clean + 3 attacks), about 35-45 minutes on two CPU cores, hence the
-`slow` mark. Run with `pytest --run-slow tests/integration/test_poisoning.py -s` to see the Dice
-table; a single test runs only the federations it needs."""
+16 of them (4 strategies x clean + 3 attacks) of 12 rounds, about 20 minutes on two idle CPU
+cores, hence the `slow` mark. Run with `pytest --run-slow tests/integration/test_poisoning.py -s`
+to see the Dice table; a single test runs only the federations it needs."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ from fedvox.sim.report import metrics_document
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 0
-ROUNDS = 3
+# Past the steepest part of learning (test Dice 0.70 at round 3, 0.83 at 12): at 3 rounds a
+# clean run and an attacked one differ by about 0.02 for no reason but which honest updates
+# entered each round, which would leave a 2% band saying little
+ROUNDS = 12
 BYZANTINE_SITE = "site-a"
 ROBUST = ("median", "trimmed_mean", "krum")
 ATTACKS = ("scale100", "signflip", "nan")
-TOLERANCE = 0.02  # absolute test Dice
+TOLERANCE = 0.02  # the largest loss allowed, as a fraction of the clean run's final test Dice
 SIZE = 48  # voxels across the synthetic volumes
 LESION_MM = (10.0, 18.0)
 # small enough for 2 CPU cores, large enough that the clean run learns (Dice well above 0)
@@ -58,6 +62,14 @@ SERVER_SETTINGS = {
     # sites to train on a busy 2-core machine
     "round_timeout_s": "90",
 }
+# The strategies run with their defaults: median and trimmed_mean set aside the update with
+# the worst Krum score before the coordinate-wise statistic (byzantine=1). Without that
+# (byzantine=0) a sign-flipped update sits inside the honest range on most coordinates and
+# drags the statistic: measured with this data, clean against sign flip, plain median 0.832
+# vs 0.789 and trimmed mean 0.822 vs 0.796 at 10 rounds; 0.887 vs 0.869 and 0.884 vs 0.878 at
+# 30; with 16 training cases per site and batch 4, median 0.863 vs 0.839 at 10 rounds and
+# 0.897 vs 0.872 at 20. More rounds and more data did not close the gap; the pre-selection
+# did (docs/robustness.md).
 
 
 @dataclass
@@ -198,28 +210,14 @@ def test_nan_updates_are_refused_and_rounds_complete_by_quorum(runs: Runs, strat
     assert "accepted train from site-a" not in outcome.server_log
 
 
-# Measured (3 rounds, seed 0): trimmed_mean with beta=0.2 trims one value per side of five,
-# so the flipped update is dropped together with the largest honest one and every step
-# shrinks: 0.717 clean vs 0.659 flipped. The coordinate-wise order statistics are biased by a
-# flipped update, not only trimmed_mean, and more rounds do not close the gap: trimmed_mean
-# gave 0.749 vs 0.723 at 5 rounds and 0.822 vs 0.796 at 10; median 0.735 vs 0.695 at 5 and
-# 0.832 vs 0.789 at 10 (Krum, which picks one whole update, is not biased this way). A known
-# limit of these aggregators under a sign flip, kept visible rather than tuned away.
-_TRIMMED_SIGNFLIP = pytest.mark.xfail(
-    reason="trimmed_mean(beta=0.2) under a sign flip: 0.659 vs 0.717 clean", strict=False
-)
-
-
 @pytest.mark.parametrize("attack", ATTACKS)
 @pytest.mark.parametrize("strategy", ROBUST)
-def test_robust_strategies_keep_the_clean_dice(
-    runs: Runs, strategy: str, attack: str, request: pytest.FixtureRequest
-) -> None:
-    if (strategy, attack) == ("trimmed_mean", "signflip"):
-        request.applymarker(_TRIMMED_SIGNFLIP)
+def test_robust_strategies_keep_the_clean_dice(runs: Runs, strategy: str, attack: str) -> None:
     clean = runs(strategy, "").final_test_dice
     attacked = runs(strategy, attack).final_test_dice
-    assert abs(attacked - clean) <= TOLERANCE, (clean, attacked)
+    # a loss of more than 2% fails; an attacked run may end above the clean one, as it does
+    # when the honest updates that entered its rounds happen to suit the test cases better
+    assert attacked >= (1 - TOLERANCE) * clean, (clean, attacked)
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
