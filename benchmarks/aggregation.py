@@ -22,7 +22,10 @@ torch), so its peak RSS belongs to that scheme and N alone:
 * `median`: a batch scheme, `Median.aggregate(SpilledUpdateSet(entries))` with
   byzantine=0 (the coordinate-wise median itself, without the default Krum pre-selection,
   whose cost is Krum's), which reads every spilled blob one tensor of all sites at a time
-  (timed as a whole; per update = total / N).
+  (timed as a whole; per update = total / N);
+* `median-krum`: the same with the default byzantine=1, which first scores every update
+  by Krum (pairwise distances, O(N^2) in the model's size) and sets the worst one aside;
+  the pre-selection needs N > 4, so at N = 2 it is the plain median.
 
 Each child runs --rounds rounds (default 3) back to back, as a server does, and times every
 update of every round. Before each timed update it times two floors in the same process:
@@ -73,7 +76,7 @@ from fedvox.server.strategies.robust import Median
 from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, to_safetensors
 
 MB = 1_000_000
-SCHEMES = ("fedavg-fresh", "fedavg-spilled", "median")
+SCHEMES = ("fedavg-fresh", "fedavg-spilled", "median", "median-krum")
 TARGET_MS = 1.5  # FedAvg per 19 MB update
 TARGET_RSS_SLACK_X = 0.25  # RSS "independent of N": growth(N max) <= growth(N min) + 0.25 x model
 GLOBAL = "global.safetensors"
@@ -212,8 +215,8 @@ def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, A
         floor_ms.append([])
         weighted_ms.append([])
         total_start = time.perf_counter()
-        if scheme == "median":
-            median = Median(Median.Params(byzantine=0))
+        if scheme.startswith("median"):
+            median = Median(Median.Params(byzantine=1 if scheme == "median-krum" else 0))
             median.begin(global_weights, context)
             floor()
             start = time.perf_counter()

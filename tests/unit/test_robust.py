@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
 
 from fedvox.server import strategies
 from fedvox.server.journal import RoundJournal, SpilledUpdateSet
-from fedvox.server.strategies import RoundContext
+from fedvox.server.strategies import RoundContext, robust
 from fedvox.server.strategies.robust import Krum, Median, MultiKrum, TrimmedMean, krum_select
 from fedvox.wire.settings import ConfigError
 from fedvox.wire.tensors import Array, StateDict, to_safetensors
@@ -360,3 +361,25 @@ def test_robust_schemes_are_registered_and_stateless() -> None:
         assert strategy.state_dict() == {}
         assert strategy.client_config(1) == {}
         assert strategy.upload_extras({}) == {}
+
+
+def test_pairwise_distances_are_exact_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tensors longer than the block (here 3 elements) are summed block by block."""
+    monkeypatch.setattr(robust, "DISTANCE_BLOCK", 3)
+    rng = np.random.default_rng(7)
+    shapes = {"a": (2, 5), "b": (4,), "c": (1,)}
+    base: StateDict = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    deltas: list[tuple[str, int, StateDict]] = [
+        (f"s{i}", 1, {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
+        for i in range(5)
+    ]
+    got = robust.pairwise_sq_distances(
+        base, spilled(tmp_path, deltas), [s for s, _, _ in deltas], ["a", "b", "c"]
+    )
+    # independently: scipy over each site's whole update as one float64 vector
+    vectors = np.stack(
+        [np.concatenate([t[k].astype(np.float64).ravel() for k in "abc"]) for _, _, t in deltas]
+    )
+    np.testing.assert_allclose(got, cdist(vectors, vectors, "sqeuclidean"), rtol=1e-12)

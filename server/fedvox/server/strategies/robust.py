@@ -215,22 +215,34 @@ class MultiKrumParams:
             raise ValueError(f"multikrum: keep must be >= 0 (0 = n - byzantine), got {self.keep}")
 
 
+DISTANCE_BLOCK = 1 << 16  # elements per site per step of pairwise_sq_distances (512 KiB)
+
+
 def pairwise_sq_distances(
     global_weights: StateDict, updates: UpdateSet, sites: Sequence[str], names: Sequence[str]
 ) -> np.ndarray:
     """D[i, k] = sum over the tensors `names` of ||delta_i - delta_k||^2, in float64.
 
-    Reads one tensor of every site at a time; the matrix accumulates over tensors."""
+    Reads one tensor of every site at a time, and works through it DISTANCE_BLOCK elements
+    at a time: the memory is O(sites x block), not O(sites x tensor), which at 50 sites and
+    the default UNet was 2.2 GB against the plain median's 0.4 GB. The matrix accumulates
+    over blocks and tensors in a fixed order, so it is the same on every run."""
     n = len(sites)
     distances = np.zeros((n, n), dtype=np.float64)
+    block = np.empty((n, DISTANCE_BLOCK), dtype=np.float64)
     for name in names:
-        like = global_weights[name]
-        flat = _stack(updates, sites, name, like, np.dtype(np.float64)).reshape(n, -1)
-        for i in range(n - 1):
-            diff = flat[i + 1 :] - flat[i]
-            d = np.einsum("ij,ij->i", diff, diff)
-            distances[i, i + 1 :] += d
-            distances[i + 1 :, i] += d
+        flats = [updates.tensor(site, name).reshape(-1) for site in sites]  # views: no reads yet
+        size = global_weights[name].size
+        for start in range(0, size, DISTANCE_BLOCK):
+            stop = min(start + DISTANCE_BLOCK, size)
+            rows = block[:, : stop - start]
+            for row, flat in enumerate(flats):
+                rows[row] = flat[start:stop]
+            for i in range(n - 1):
+                diff = rows[i + 1 :] - rows[i]
+                d = np.einsum("ij,ij->i", diff, diff)
+                distances[i, i + 1 :] += d
+                distances[i + 1 :, i] += d
     return distances
 
 
