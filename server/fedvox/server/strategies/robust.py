@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,31 +50,35 @@ from fedvox.wire.tensors import StateDict
 log = logging.getLogger(__name__)
 
 
-def _stack(
-    updates: UpdateSet,
-    sites: Sequence[str],
-    name: str,
-    like: np.ndarray,
-    dtype: np.dtype[Any] | None = None,
-) -> np.ndarray:
-    """Tensor `name` of every site in `sites` on a new first axis (read once per site).
+BLOCK = 1 << 16  # elements per site read at a time: memory O(sites x BLOCK), not x tensor
 
-    Shaped like the global tensor `like`; by default floats keep their width (selection
-    is exact) and integers become float64."""
-    if dtype is None:
-        dtype = like.dtype if like.dtype.kind == "f" else np.dtype(np.float64)
-    out = np.empty((len(sites), *like.shape), dtype=dtype)
-    for row, site in enumerate(sites):
-        out[row] = updates.tensor(site, name)
-    return out
+
+def _site_blocks(
+    updates: UpdateSet, sites: Sequence[str], name: str, size: int, dtype: np.dtype[Any]
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, rows): elements [start, stop) of tensor `name` of every site in `sites`,
+    one row per site, in one reused buffer. Each site's tensor is read once, as a view.
+
+    At 50 sites and the default UNet, stacking whole tensors instead held 431 MB for the
+    median and 2.2 GB for Krum's distances (docs/performance.md, section 2)."""
+    flats = [updates.tensor(site, name).reshape(-1) for site in sites]
+    buffer = np.empty((len(sites), min(BLOCK, size)), dtype=dtype)
+    for start in range(0, size, BLOCK):
+        stop = min(start + BLOCK, size)
+        rows = buffer[:, : stop - start]
+        for row, flat in enumerate(flats):
+            rows[row] = flat[start:stop]
+        yield start, stop, rows
 
 
 def _trimmed_mean(stacked: np.ndarray, cut: int) -> np.ndarray:
     """Mean over axis 0 after dropping the `cut` smallest and largest values of each entry.
 
-    Sorts `stacked` in place; the mean is accumulated in float64."""
+    Sorts `stacked` in place when there is something to drop; the mean is accumulated in
+    float64, row after row, so it does not depend on how the entries were blocked."""
     n = stacked.shape[0]
-    stacked.sort(axis=0)
+    if cut:
+        stacked.sort(axis=0)
     out: np.ndarray = stacked[cut : n - cut].mean(axis=0, dtype=np.float64)
     return out
 
@@ -92,7 +96,12 @@ def coordinate_wise_step(
     if not sites:
         return step
     for name, base in sorted(global_weights.items()):
-        step[name] = _trimmed_mean(_stack(updates, sites, name, base), cut)
+        # floats keep their width (selection is exact); integer counters become float64
+        dtype = base.dtype if base.dtype.kind == "f" else np.dtype(np.float64)
+        out = np.empty(base.size, dtype=np.float64)
+        for start, stop, rows in _site_blocks(updates, sites, name, base.size, dtype):
+            out[start:stop] = _trimmed_mean(rows, cut)
+        step[name] = out.reshape(base.shape)
     return step
 
 
@@ -215,29 +224,18 @@ class MultiKrumParams:
             raise ValueError(f"multikrum: keep must be >= 0 (0 = n - byzantine), got {self.keep}")
 
 
-DISTANCE_BLOCK = 1 << 16  # elements per site per step of pairwise_sq_distances (512 KiB)
-
-
 def pairwise_sq_distances(
     global_weights: StateDict, updates: UpdateSet, sites: Sequence[str], names: Sequence[str]
 ) -> np.ndarray:
     """D[i, k] = sum over the tensors `names` of ||delta_i - delta_k||^2, in float64.
 
-    Reads one tensor of every site at a time, and works through it DISTANCE_BLOCK elements
-    at a time: the memory is O(sites x block), not O(sites x tensor), which at 50 sites and
-    the default UNet was 2.2 GB against the plain median's 0.4 GB. The matrix accumulates
+    Reads one tensor of every site at a time, a block at a time; the matrix accumulates
     over blocks and tensors in a fixed order, so it is the same on every run."""
     n = len(sites)
     distances = np.zeros((n, n), dtype=np.float64)
-    block = np.empty((n, DISTANCE_BLOCK), dtype=np.float64)
     for name in names:
-        flats = [updates.tensor(site, name).reshape(-1) for site in sites]  # views: no reads yet
         size = global_weights[name].size
-        for start in range(0, size, DISTANCE_BLOCK):
-            stop = min(start + DISTANCE_BLOCK, size)
-            rows = block[:, : stop - start]
-            for row, flat in enumerate(flats):
-                rows[row] = flat[start:stop]
+        for _, _, rows in _site_blocks(updates, sites, name, size, np.dtype(np.float64)):
             for i in range(n - 1):
                 diff = rows[i + 1 :] - rows[i]
                 d = np.einsum("ij,ij->i", diff, diff)
@@ -306,10 +304,7 @@ class _KrumFamily(BatchStrategy):
         m = min(self.keep(n), n - f)
         selected, self.scores = krum_select(self.global_weights, updates, sites, f, m)
         self.selected = tuple(sorted(selected))
-        step = {
-            name: _stack(updates, self.selected, name, base).mean(axis=0, dtype=np.float64)
-            for name, base in sorted(self.global_weights.items())
-        }
+        step = coordinate_wise_step(self.global_weights, updates, self.selected, 0)  # the mean
         return apply_step(self.global_weights, step)
 
 
