@@ -14,10 +14,11 @@ Client: exactly as FedAvg. It trains locally and uploads its delta (local minus 
 weights) with its example count; there is no client hook and no upload extra.
 
 Server: every scheme here needs all of a round's updates at once, so it is a
-BatchStrategy. It reads them tensor by tensor from the disk-spilled blobs: for one tensor
-name it stacks that tensor of every site (memory O(sites x largest tensor), never all
-models at once), aggregates, and moves on. Krum's pairwise distance matrix is accumulated
-over the tensors the same way. The new global model is global + aggregated delta.
+BatchStrategy. It reads them from the disk-spilled blobs a block at a time: for one
+tensor name it copies the same BLOCK elements of every site into one buffer (memory
+O(sites x BLOCK), never whole models or whole tensors), aggregates them, and moves on.
+Krum's pairwise distance matrix is accumulated over the blocks the same way. The new
+global model is global + aggregated delta.
 
 Conventions shared by all four:
 - Unweighted: every site counts once, whatever its example count; a large example
