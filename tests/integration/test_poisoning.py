@@ -5,7 +5,7 @@ Dice stays within 2% of a clean run with the same seed. FedAvg's figures are pri
 not asserted.
 
 Every federation here is a real server process and five real client processes on loopback:
-16 of them (4 strategies x clean + 3 attacks) of 12 rounds, about 20 minutes on two idle CPU
+16 of them (4 strategies x clean + 3 attacks) of 12 rounds, about 16-18 minutes on two idle CPU
 cores, hence the `slow` mark. Run with `pytest --run-slow tests/integration/test_poisoning.py -s`
 to see the Dice table; a single test runs only the federations it needs."""
 
