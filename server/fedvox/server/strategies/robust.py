@@ -41,7 +41,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -143,12 +143,22 @@ class _CoordinateWise(BatchStrategy):
 
 
 @dataclass(frozen=True)
-class MedianParams:
-    byzantine: int = 1  # f: updates set aside by Krum score first (needs n > 2f + 2); 0 = none
+class ByzantineParams:
+    """The parameter every scheme here shares."""
+
+    scheme: ClassVar[str] = ""  # for the error message
+    # f: how many sites may be Byzantine. Krum and the pre-selection of median and trimmed
+    # mean act on it only with more than 2f + 2 sites; 0 = plain median / trimmed mean
+    byzantine: int = 1
 
     def __post_init__(self) -> None:
         if self.byzantine < 0:
-            raise ValueError(f"median: byzantine must be >= 0, got {self.byzantine}")
+            raise ValueError(f"{self.scheme}: byzantine must be >= 0, got {self.byzantine}")
+
+
+@dataclass(frozen=True)
+class MedianParams(ByzantineParams):
+    scheme: ClassVar[str] = "median"
 
 
 class Median(_CoordinateWise):
@@ -172,15 +182,14 @@ class Median(_CoordinateWise):
 
 
 @dataclass(frozen=True)
-class TrimmedMeanParams:
+class TrimmedMeanParams(ByzantineParams):
+    scheme: ClassVar[str] = "trimmed_mean"
     beta: float = 0.2  # fraction of sites dropped at EACH end of every coordinate (Flower: 0.2)
-    byzantine: int = 1  # f: updates set aside by Krum score first (needs n > 2f + 2); 0 = none
 
     def __post_init__(self) -> None:
         if not 0 <= self.beta < 0.5:
             raise ValueError(f"trimmed_mean: beta must lie in [0, 0.5), got {self.beta}")
-        if self.byzantine < 0:
-            raise ValueError(f"trimmed_mean: byzantine must be >= 0, got {self.byzantine}")
+        super().__post_init__()
 
 
 class TrimmedMean(_CoordinateWise):
@@ -205,22 +214,17 @@ class TrimmedMean(_CoordinateWise):
 
 
 @dataclass(frozen=True)
-class KrumParams:
-    byzantine: int = 1  # f: how many sites may be Byzantine; Krum needs n > 2f + 2 sites
-
-    def __post_init__(self) -> None:
-        if self.byzantine < 0:
-            raise ValueError(f"krum: byzantine must be >= 0, got {self.byzantine}")
+class KrumParams(ByzantineParams):
+    scheme: ClassVar[str] = "krum"
 
 
 @dataclass(frozen=True)
-class MultiKrumParams:
-    byzantine: int = 1  # f: how many sites may be Byzantine; Multi-Krum needs n > 2f + 2 sites
+class MultiKrumParams(ByzantineParams):
+    scheme: ClassVar[str] = "multikrum"
     keep: int = 0  # m: how many lowest-scoring updates to average; 0 = n - f
 
     def __post_init__(self) -> None:
-        if self.byzantine < 0:
-            raise ValueError(f"multikrum: byzantine must be >= 0, got {self.byzantine}")
+        super().__post_init__()
         if self.keep < 0:
             raise ValueError(f"multikrum: keep must be >= 0 (0 = n - byzantine), got {self.keep}")
 
