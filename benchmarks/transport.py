@@ -155,6 +155,15 @@ def _cpu(process: Any) -> float:
     return float(times.user + times.system)
 
 
+def _minor_faults(process: Any) -> int:
+    """Minor page faults so far: memory the kernel had to map in (Linux; 0 elsewhere)."""
+    try:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[7])  # field 10, after "pid (comm)"
+
+
 @dataclass
 class Transfer:
     """One timed transfer, with the RSS and CPU time it cost each side."""
@@ -168,6 +177,8 @@ class Transfer:
     client_rss_peak: int = 0
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    server_faults: int = 0
+    client_faults: int = 0
 
     @property
     def server_rss_growth(self) -> int:
@@ -194,6 +205,7 @@ class Measure:
         self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._started = 0.0
         self._cpu = (0.0, 0.0)
+        self._faults = (0, 0)
 
     def _update(self) -> None:
         r = self.result
@@ -213,6 +225,7 @@ class Measure:
         r.server_rss_peak, r.server_anon_peak = r.server_rss_before, r.server_anon_before
         r.client_rss_peak = r.client_rss_before
         self._cpu = (_cpu(self.server), _cpu(self.client))
+        self._faults = (_minor_faults(self.server), _minor_faults(self.client))
         self._thread.start()
         self._started = time.perf_counter()
         return r
@@ -230,6 +243,8 @@ class Measure:
         self._update()
         r.server_cpu_s = _cpu(self.server) - self._cpu[0]
         r.client_cpu_s = _cpu(self.client) - self._cpu[1]
+        r.server_faults = _minor_faults(self.server) - self._faults[0]
+        r.client_faults = _minor_faults(self.client) - self._faults[1]
 
 
 # ---------------------------------------------------------------- what every transfer must do
@@ -390,7 +405,15 @@ class NoopFederation(pb_grpc.FederationServiceServicer):
 
 
 def grpc_floor_server(ready: multiprocessing.connection.Connection, max_bytes: int) -> None:
-    """Child process: a gRPC server with fedvox's message-size options and NoopFederation."""
+    """Child process: a gRPC server with fedvox's message-size options and NoopFederation,
+    and the malloc settings of the fedvox server under test where it has them: without them a
+    floor process may fault in every chunk afresh, which halves its throughput."""
+    try:
+        from fedvox.server.memory import tune_malloc
+    except ImportError:  # an older fedvox, measured for a before/after figure
+        pass
+    else:
+        tune_malloc()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         options=[("grpc.max_receive_message_length", 4 * MIB + 64 * 1024)],
@@ -652,6 +675,8 @@ class PathFigures:
     client_rss_x_payload: float
     server_cpu_s: float
     client_cpu_s: float
+    server_faults: float
+    client_faults: float
     ratio_vs_raw: float | None = None
     ratio_vs_grpc_floor: float | None = None
 
@@ -672,6 +697,8 @@ def summarise(runs: Sequence[Transfer], size: int) -> PathFigures:
         client_rss_x_payload=client_growth / size,
         server_cpu_s=med([t.server_cpu_s for t in runs]),
         client_cpu_s=med([t.client_cpu_s for t in runs]),
+        server_faults=med([t.server_faults for t in runs]),
+        client_faults=med([t.client_faults for t in runs]),
     )
 
 
@@ -784,7 +811,8 @@ def print_table(figures: SizeFigures, out: Callable[[str], None]) -> None:
     )
     out(
         f"{'path':36} {'MB/s':>7} {'x raw':>5} {'x gRPC':>6} {'srv dRSS MB':>11} {'x pay':>5} "
-        f"{'anon x':>6} {'cli dRSS MB':>11} {'srv CPU s':>9} {'cli CPU s':>9}"
+        f"{'anon x':>6} {'cli dRSS MB':>11} {'srv CPU s':>9} {'cli CPU s':>9} "
+        f"{'srv flt':>7} {'cli flt':>7}"
     )
     for key, label in LABELS.items():
         p = figures.paths[key]
@@ -794,7 +822,8 @@ def print_table(figures: SizeFigures, out: Callable[[str], None]) -> None:
             f"{label:36} {p.mbps:7.1f} {raw:>5} {floor:>6} "
             f"{p.server_rss_growth_bytes / MB:11.1f} {p.server_rss_x_payload:5.2f} "
             f"{p.server_anon_x_payload:6.2f} {p.client_rss_growth_bytes / MB:11.1f} "
-            f"{p.server_cpu_s:9.2f} {p.client_cpu_s:9.2f}"
+            f"{p.server_cpu_s:9.2f} {p.client_cpu_s:9.2f} "
+            f"{p.server_faults:7.0f} {p.client_faults:7.0f}"
         )
     for target in figures.targets.values():
         relation = ">=" if target.at_least else "<="

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from pathlib import Path
 
 import grpc
@@ -187,3 +189,27 @@ def test_assembled_blob_parses_into_writable_views() -> None:
     tensors["w"][0] = 7.0
     assert tensors["w"].flags.writeable
     assert np.frombuffer(buffer, np.float32, count=1, offset=len(blob) - 4000)[0] == 7.0
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The kernel's VmFlags for the mapping of this process that holds `address`."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/smaps").exists() or not hasattr(mmap, "MADV_HUGEPAGE"),
+    reason="Linux only: the kernel shows the hint in /proc/self/smaps",
+)
+def test_the_receive_buffer_asks_for_huge_pages() -> None:
+    # 4 KiB faults of a fresh payload cost more than copying it (docs/performance.md, section 1)
+    buffer = BlobAssembler(8 * 1024 * 1024, sha256(b"")).buffer
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    assert "hg" in _vm_flags(address)

@@ -1,8 +1,10 @@
-"""The server process caps glibc's malloc arenas (fedvox.server.memory), unless the operator
-set MALLOC_ARENA_MAX. Each case runs in a fresh interpreter: the setting is process-wide."""
+"""The server process tunes glibc's malloc (fedvox.server.memory) unless the operator chose
+with glibc's own environment variables. Each case runs in a fresh interpreter: the settings are
+process-wide, and glibc reads its variables at start."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -10,22 +12,31 @@ import sys
 
 import pytest
 
-PROBE = "from fedvox.server.memory import limit_malloc_arenas as f; print(f())"
+PROBE = "import json; from fedvox.server.memory import tune_malloc as f; print(json.dumps(f()))"
+VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+glibc_only = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="these are glibc settings"
+)
 
 
-def probe(**env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+def probe(**env: str) -> dict[str, bool]:
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     done = subprocess.run(
         [sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    result: dict[str, bool] = json.loads(done.stdout)
+    return result
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="arenas are a glibc setting")
-def test_arenas_are_capped_on_glibc() -> None:
-    assert probe() == "True"
+@glibc_only
+def test_every_setting_is_applied_on_glibc() -> None:
+    assert probe() == dict.fromkeys(VARIABLES, True)
 
 
-def test_the_operators_malloc_arena_max_wins() -> None:
-    assert probe(MALLOC_ARENA_MAX="4") == "False"
+@glibc_only
+@pytest.mark.parametrize("variable", VARIABLES)
+def test_the_operators_variable_wins(variable: str) -> None:
+    expected = dict.fromkeys(VARIABLES, True)
+    expected[variable] = False
+    assert probe(**{variable: "4194304" if "THRESHOLD" in variable else "4"}) == expected

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedvox.server.config import ServerConfig, server_tls
-from fedvox.server.memory import limit_malloc_arenas
+from fedvox.server.memory import tune_malloc
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.service import AdminService, FederationService
 from fedvox.server.store import Store
@@ -112,7 +112,7 @@ def start(config: ServerConfig) -> RunningServer:
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (Docker sends SIGTERM)."""
-    limit_malloc_arenas()  # before the gRPC threads exist
+    tune_malloc()  # before the gRPC threads exist
     running = start(config)
     stop = threading.Event()
 
