@@ -329,6 +329,15 @@ class Cell:
         }
 
 
+def _server_malloc() -> None:
+    """Aggregation runs in the server process: time it under the server's malloc settings."""
+    try:
+        from fedvox.server.memory import tune_malloc
+    except ImportError:  # an older fedvox, measured for a before/after figure
+        return
+    tune_malloc()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[2, 10, 50])
@@ -341,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        if not os.environ.get("FEDVOX_BENCH_NO_TUNE"):
+            _server_malloc()
         print(json.dumps(child(args.child, args.root, args.sample_ms, args.rounds)))
         return 0
 

@@ -348,9 +348,14 @@ class RawTcp:
 
     def download(self, size: int, interval_s: float) -> Transfer:
         assert self.process.pid is not None
-        with Measure(self.process.pid, interval_s) as t, self._connect(b"D", size) as sock:
-            _recv_exactly(sock, self.sink[:size])
+        with Measure(self.process.pid, interval_s) as t:
+            self.fetch(size)
         return t
+
+    def fetch(self, size: int) -> None:
+        """Receive `size` bytes from the server (the download, without measuring)."""
+        with self._connect(b"D", size) as sock:
+            _recv_exactly(sock, self.sink[:size])
 
     def close(self) -> None:
         with contextlib.suppress(OSError), self._connect(b"Q", 0):

@@ -12,9 +12,9 @@ _M_ARENA_MAX = -8
 
 ARENAS = 2
 # Above the 1 MiB chunks: their buffers come from an arena, not from mmaps of their own.
-MMAP_THRESHOLD = 2 * 1024 * 1024
+MMAP_THRESHOLD = 32 * 1024 * 1024
 # What an arena may keep free at its top; 4 MiB still let the Download faults back.
-TRIM_THRESHOLD = 8 * 1024 * 1024
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 # (parameter, value, the environment variable with which an operator overrides it)
 _SETTINGS = (
