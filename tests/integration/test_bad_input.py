@@ -22,8 +22,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from fedvox.server.app import start
 from fedvox.server.tasks import ResultHeader
 from fedvox.v1 import federation_pb2 as pb
+from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.tensors import StateDict, parse_safetensors, to_safetensors
 from tests.helpers import (
     INITIAL,
@@ -352,6 +354,34 @@ def test_refused_submission_counts_for_nothing(
         timeout=RPC_TIMEOUT,
     )
     assert not beat.abort  # the task is still open
+
+
+def test_a_content_refusal_survives_a_server_restart(tmp_path: Path) -> None:
+    with federation(tmp_path) as first:
+        task_a = first.tasks["site-a"].task_id
+        refused = with_header(metrics={"loss": float("nan")})(first)
+        assert rpc_error(lambda: first.submit(refused)).code() == INVALID
+        config = first.running.orchestrator.config
+    running = start(config)  # the same state folder: round 1 is reopened from its journal
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        fed = pb_grpc.FederationServiceStub(channel)
+        for site, examples in (("site-a", 10), ("site-b", 30)):
+            fed.Register(pb.RegisterRequest(site_id=site, num_examples=examples), timeout=5)
+        assert wait_for_task(fed, "site-b").task_id == first.tasks["site-b"].task_id
+        poll = fed.GetTask(pb.GetTaskRequest(site_id="site-a"), timeout=5)
+        assert poll.task.type == pb.TASK_TYPE_WAIT  # not its refused task, handed out again
+        blob = to_safetensors(DELTA_A)
+        again = rpc_error(
+            lambda: fed.Submit(iter(messages(first.header("site-a", blob), blob)), timeout=5)
+        )
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"task {task_a} of round 1 ended when its update was refused" in (
+            again.details() or ""
+        )
+    finally:
+        channel.close()
+        running.stop(0)
 
 
 @pytest.mark.parametrize(("case", "message"), CONTENT_REFUSALS)

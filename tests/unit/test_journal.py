@@ -66,3 +66,13 @@ def test_evaluation_results_need_no_blob(tmp_path: Path) -> None:
     assert recovered.entries["site-a"].metrics == {"test_dice": 0.25}
     meta = json.loads((journal.path / "site-a.json").read_text())
     assert meta["digest"] == "" and not (journal.path / "site-a.safetensors").exists()
+
+
+def test_refusals_are_found_again(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    spill(journal, "site-b", [1.0])
+    journal.refuse("site-a", "t-a", "metric 'loss' is not finite")
+    (journal.path / "site-c.refused").write_text('{"site_id": "site-c", "rea')  # torn: ignored
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert recovered.refusals == {"site-a": "metric 'loss' is not finite"}
+    assert list(recovered.entries) == ["site-b"]  # a refusal is not an accepted result

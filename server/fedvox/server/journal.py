@@ -17,6 +17,7 @@ through memory maps, so N sites never mean N models in RAM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -63,6 +64,8 @@ class RoundJournal:
         self.path = path
         self.plan = plan
         self.entries: dict[str, SpilledUpdate] = {}
+        # by site id: why its update was refused for its content (`<site>.refused` files)
+        self.refusals: dict[str, str] = {}
 
     @staticmethod
     def create(root: Path, round_: int, plan: dict[str, Any]) -> RoundJournal:
@@ -85,6 +88,10 @@ class RoundJournal:
             for meta_path in sorted(path.glob("*.json")):
                 if meta_path.name != "round.json":
                     journal._restore(meta_path)
+            for refusal in sorted(path.glob("*.refused")):
+                with contextlib.suppress(OSError, ValueError, KeyError):  # never half-written
+                    record = json.loads(refusal.read_text())
+                    journal.refusals[record["site_id"]] = record["reason"]
             found.append(journal)
         return found
 
@@ -150,6 +157,13 @@ class RoundJournal:
         _write_atomic(self.path / f"{site_id}.json", json.dumps(meta).encode())
         self.entries[site_id] = entry
         return entry
+
+    def refuse(self, site_id: str, task_id: str, reason: str) -> None:
+        """Record durably that the site's update was refused for its content, so that a
+        restarted server does not give the site its task again."""
+        record = {"site_id": site_id, "task_id": task_id, "reason": reason}
+        _write_atomic(self.path / f"{site_id}.refused", json.dumps(record).encode())
+        self.refusals[site_id] = reason
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

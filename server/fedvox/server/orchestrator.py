@@ -318,7 +318,8 @@ class Orchestrator:
         count), so retrying cannot help: the round stops waiting for this site and may close
         without it (quorum still applies), and the site takes part again from the next round.
         Transport failures (a truncated stream, a digest mismatch) are not recorded here, so
-        their task stays open for a retry."""
+        their task stays open for a retry. The refusal is journalled with the round, so a
+        server restarted mid-round does not give the site its task again."""
         with self.cond:
             open_ = self.open
             task = open_.tasks.get(header.task_id) if open_ is not None else None
@@ -329,7 +330,12 @@ class Orchestrator:
                 or header.site_id in open_.results
             ):
                 return error
-            open_.refused.setdefault(header.site_id, error.message)
+            if header.site_id not in open_.refused:
+                open_.refused[header.site_id] = error.message
+                try:  # so that a restarted server does not give the task out again
+                    open_.journal.refuse(header.site_id, header.task_id, error.message)
+                except OSError as exc:
+                    log.warning("round %d: could not journal a refusal: %s", open_.round, exc)
             self.registry.sites[header.site_id].task_id = ""
             log.warning(
                 "round %d: refused the update of %s (%s); the round no longer waits for it",
@@ -565,6 +571,7 @@ class Orchestrator:
     def _reopen_round(self, journal: RoundJournal) -> OpenRound:
         """A round a killed server left open: same tasks, its accepted results still count."""
         open_ = self._start(journal)
+        open_.refused.update(journal.refusals)
         for site, entry in sorted(journal.entries.items()):
             open_.results[site] = Result(entry.num_examples, dict(entry.metrics), entry.digest)
             self.accepted[entry.task_id] = (site, entry.digest)
