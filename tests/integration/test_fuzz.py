@@ -205,15 +205,19 @@ def would_count(fed: Federation, stream: Sequence[pb.SubmitRequest]) -> bool:
 def reopen_refused(f: Fuzzed) -> set[str]:
     """The sites whose task a content refusal ended, their tasks put back.
 
-    Such a refusal ends the site's part in the round (test_bad_input checks what a site
-    then sees); the fuzzing goes on against the same open round, so it undoes that."""
+    Such a refusal ends the site's part in the round, and the round journal records it
+    (test_bad_input checks what a site then sees, before and after a restart); the fuzzing
+    goes on against the same open round, so it undoes both."""
     orchestrator = f.fed.running.orchestrator
     with orchestrator.cond:
         assert orchestrator.open is not None
         refused = set(orchestrator.open.refused)
         orchestrator.open.refused.clear()
+        journal = orchestrator.open.journal
         for site in refused:
             orchestrator.registry.sites[site].task_id = f.fed.tasks[site].task_id
+            del journal.refusals[site]
+            (journal.path / f"{site}.refused").unlink()  # must exist: the refusal is durable
     return refused
 
 
