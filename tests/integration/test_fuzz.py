@@ -213,11 +213,10 @@ def reopen_refused(f: Fuzzed) -> set[str]:
         assert orchestrator.open is not None
         refused = set(orchestrator.open.refused)
         orchestrator.open.refused.clear()
-        journal = orchestrator.open.journal
         for site in refused:
             orchestrator.registry.sites[site].task_id = f.fed.tasks[site].task_id
-            del journal.refusals[site]
-            (journal.path / f"{site}.refused").unlink()  # must exist: the refusal is durable
+            # must exist: the refusal is durable
+            (orchestrator.open.journal.path / f"{site}.refused").unlink()
     return refused
 
 

@@ -89,7 +89,7 @@ class RoundJournal:
                 if meta_path.name != "round.json":
                     journal._restore(meta_path)
             for refusal in sorted(path.glob("*.refused")):
-                with contextlib.suppress(OSError, ValueError, KeyError):  # never half-written
+                with contextlib.suppress(OSError, ValueError, KeyError):  # damaged: skip it
                     record = json.loads(refusal.read_text())
                     journal.refusals[record["site_id"]] = record["reason"]
             found.append(journal)
@@ -159,11 +159,12 @@ class RoundJournal:
         return entry
 
     def refuse(self, site_id: str, task_id: str, reason: str) -> None:
-        """Record durably that the site's update was refused for its content, so that a
-        restarted server does not give the site its task again."""
+        """Record that the site's update was refused for its content, then write it down
+        durably, so that a restarted server does not give the site its task again (an
+        OSError leaves the refusal recorded in memory only)."""
+        self.refusals[site_id] = reason
         record = {"site_id": site_id, "task_id": task_id, "reason": reason}
         _write_atomic(self.path / f"{site_id}.refused", json.dumps(record).encode())
-        self.refusals[site_id] = reason
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

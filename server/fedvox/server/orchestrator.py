@@ -70,9 +70,13 @@ class OpenRound:
     deadline: float
     journal: RoundJournal  # the plan and every accepted result, on disk
     results: dict[str, Result] = field(default_factory=dict)  # by site id
-    # by site id: why its update was refused for its content; the round waits no more for it
-    refused: dict[str, str] = field(default_factory=dict)
     folded: int = 0  # how many sites of the sorted sample a streaming scheme has folded
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """By site id: why its update was refused for its content; the round waits no more
+        for it. Kept by the journal, so a reopened round has them too."""
+        return self.journal.refusals
 
     def sorted_sites(self) -> list[str]:
         return sorted(t.site_id for t in self.tasks.values())
@@ -331,10 +335,9 @@ class Orchestrator:
             ):
                 return error
             if header.site_id not in open_.refused:
-                open_.refused[header.site_id] = error.message
-                try:  # so that a restarted server does not give the task out again
+                try:
                     open_.journal.refuse(header.site_id, header.task_id, error.message)
-                except OSError as exc:
+                except OSError as exc:  # refused all the same, until a restart
                     log.warning("round %d: could not journal a refusal: %s", open_.round, exc)
             self.registry.sites[header.site_id].task_id = ""
             log.warning(
@@ -571,7 +574,6 @@ class Orchestrator:
     def _reopen_round(self, journal: RoundJournal) -> OpenRound:
         """A round a killed server left open: same tasks, its accepted results still count."""
         open_ = self._start(journal)
-        open_.refused.update(journal.refusals)
         for site, entry in sorted(journal.entries.items()):
             open_.results[site] = Result(entry.num_examples, dict(entry.metrics), entry.digest)
             self.accepted[entry.task_id] = (site, entry.digest)
