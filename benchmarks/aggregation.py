@@ -73,7 +73,8 @@ from fedvox.server.journal import RoundJournal, SpilledUpdate, SpilledUpdateSet
 from fedvox.server.strategies import RoundContext, Update
 from fedvox.server.strategies.fedavg import FedAvg
 from fedvox.server.strategies.robust import Median
-from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, to_safetensors
+from fedvox.wire.digest import digest_hex
+from fedvox.wire.tensors import StateDict, parse_safetensors, to_safetensors
 
 MB = 1_000_000
 SCHEMES = ("fedavg-fresh", "fedavg-spilled", "median", "median-krum")
@@ -113,7 +114,7 @@ def write_round(root: Path, shapes: Shapes, n_sites: int) -> None:
         delta = {k: v * scale - np.float32(1e-4 * i) for k, v in noise.items()}
         blob = to_safetensors(delta)
         journal.spill(
-            f"site-{i:03d}", f"task-{i:03d}", blob, sha256_hex(blob), 10 + i, 1, {"loss": 0.5}
+            f"site-{i:03d}", f"task-{i:03d}", blob, digest_hex(blob), 10 + i, 1, {"loss": 0.5}
         )
 
 

@@ -8,10 +8,10 @@ One fresh fedvox server takes an INIT upload of the payload as in `transport.py`
 every repeat and interleaved, one site downloads the global model four ways:
 
 * `fedvox Download`: `Connection.download`, which is what a site runs (fresh receive
-  buffer, SHA-256 checked);
+  buffer, digest checked);
 * `no digest, resident buffer`: the same RPC from the same server, chunks copied into a
   buffer that is already resident and nothing hashed: the transport's share;
-* `SHA-256 only`: hashing the payload in this process, nothing else;
+* `digest only`: hashing the payload (BLAKE3, as fedvox does) in this process, nothing else;
 * `raw TCP down`: the physical baseline of `transport.py` (timed here without its RSS
   sampling, like everything in this benchmark).
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ from pathlib import Path
 from benchmarks import transport as T  # noqa: N812 (its server, payload and TCP helpers)
 from fedvox.client.connection import Connection
 from fedvox.v1 import federation_pb2 as pb
+from fedvox.wire.digest import digest_hex
 
 
 def _server_cpu_ns(pid: int) -> int:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             paths: dict[str, tuple[int, Callable[[], object]]] = {
                 "download": (server.pid, lambda: site.download(train.global_digest, payload.size)),
                 "no_digest": (server.pid, lambda: _fetch_unverified(site, train, resident)),
-                "digest": (server.pid, lambda: hashlib.sha256(payload.full).digest()),
+                "digest": (server.pid, lambda: digest_hex(payload.full)),
                 "raw_down": (raw.process.pid or 0, lambda: raw.fetch(payload.size)),
             }
             for name, (_, run) in paths.items():  # untimed warm-up of every path
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (
         ("raw_down", "raw TCP down"),
         ("no_digest", "no digest, resident buffer"),
-        ("digest", "SHA-256 only"),
+        ("digest", "digest only"),
         ("download", "fedvox Download"),
     ):
         f = figures[name]

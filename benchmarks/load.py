@@ -51,7 +51,8 @@ from fedvox.client.connection import Connection
 from fedvox.sim.processes import free_port, server_args, spawn, stop, wait_for_tasks, wait_healthy
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.tensors import StateDict, sha256_hex, to_safetensors
+from fedvox.wire.digest import digest_hex
+from fedvox.wire.tensors import StateDict, to_safetensors
 
 MB = 1_000_000
 log = logging.getLogger("load")
@@ -189,7 +190,7 @@ def buffers_high_water(server_log: Path) -> int:
 
 
 def one_repeat(blobs: Blobs, n_sites: int, workdir: Path, interval_s: float, cap: int) -> Repeat:
-    full_digest, delta_digest = sha256_hex(blobs.full), sha256_hex(blobs.delta)
+    full_digest, delta_digest = digest_hex(blobs.full), digest_hex(blobs.delta)
     with server(workdir, n_sites, cap) as (pid, address):
         sites = [Connection(address, f"load-{i:03d}", give_up_after_s=60) for i in range(n_sites)]
         try:

@@ -13,8 +13,8 @@ shared machine hits all paths alike:
 * the gRPC floor: a server in its own process with fedvox's RPCs and message sizes but
   nothing behind them (Submit drains the chunks, Download streams from memory): what
   grpcio alone costs;
-* what every transfer must do besides moving bytes, in this process: SHA-256 of the
-  payload (every Download and Submit verifies one), and SHA-256 plus a write and fsync
+* what every transfer must do besides moving bytes, in this process: the BLAKE3 digest of
+  the payload (every Download and Submit verifies one), and the digest plus a write and fsync
   of it (an upload counts only once the round journal holds it durably): ceilings no
   transport can beat, measured so that a missed ratio can be told from a slow transport;
 * a fresh fedvox server process (`python -m fedvox.server`), driven through the real
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -68,7 +67,8 @@ from fedvox.client.connection import Connection
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.chunks import CHUNK_SIZE, iter_buffer_chunks
-from fedvox.wire.tensors import sha256_hex, to_safetensors
+from fedvox.wire.digest import digest_hex
+from fedvox.wire.tensors import to_safetensors
 
 MB = 1_000_000  # sizes and rates are decimal megabytes: MB/s = bytes / s / 1e6
 MIB = 1024 * 1024
@@ -138,7 +138,7 @@ def make_payload(mb: float) -> Payload:
     weights = make_weights(int(mb * MB))
     full = to_safetensors(weights)
     delta = to_safetensors({k: v * np.float32(-1e-3) for k, v in weights.items()})
-    return Payload(mb, len(weights), full, sha256_hex(full), delta, sha256_hex(delta))
+    return Payload(mb, len(weights), full, digest_hex(full), delta, digest_hex(delta))
 
 
 # ---------------------------------------------------------------- measuring
@@ -251,20 +251,20 @@ class Measure:
 
 
 def digest_only(data: bytes) -> Transfer:
-    """SHA-256 of the payload in this process: every Download and every Submit verifies one,
+    """The digest of the payload in this process: every Download and every Submit verifies one,
     so neither can be faster than this, whatever the transport."""
     started = time.perf_counter()
-    hashlib.sha256(data).hexdigest()
+    digest_hex(data)
     return Transfer(seconds=time.perf_counter() - started)
 
 
 def digest_and_persist(data: bytes, workdir: Path) -> Transfer:
-    """SHA-256, then write and fsync the payload where the server keeps its state: an upload
+    """The digest, then write and fsync the payload where the server keeps its state: an upload
     counts only once the journal holds it durably (crash-safe rounds), so no Submit can be
     faster than this."""
     path = workdir / "persist.bin"
     started = time.perf_counter()
-    hashlib.sha256(data).hexdigest()
+    digest_hex(data)
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -654,8 +654,8 @@ LABELS = {
     "raw_down": "raw TCP down (server->client)",
     "floor_up": "gRPC floor up (no-op Submit)",
     "floor_down": "gRPC floor down (in-memory Download)",
-    "digest": "SHA-256 only (every transfer)",
-    "persist": "SHA-256 + write + fsync (every Submit)",
+    "digest": "digest only (every transfer)",
+    "persist": "digest + write + fsync (every Submit)",
     "download": "fedvox Download, 1st in process",
     "download_second": "fedvox Download, 2nd in process",
     "upload": "fedvox Submit DELTA, 1st of round",

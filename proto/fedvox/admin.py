@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from fedvox.tls import TlsFiles, add_cli_arguments, open_channel, tls_from_args
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.tensors import sha256_hex
+from fedvox.wire.digest import hasher
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,14 +122,15 @@ def run(args: argparse.Namespace) -> int:
 def download_model(
     address: str, out: Path, timeout: float = 600.0, tls: TlsFiles | None = None
 ) -> str:
-    """Stream the current global model into `out` (atomically) and return its sha256."""
+    """Stream the current global model into `out` (atomically) and return its digest."""
     tmp = out.with_name(out.name + ".part")
+    digest = hasher()
     with open_channel(address, tls) as channel, open(tmp, "wb") as f:
         stub = pb_grpc.AdminServiceStub(channel)
         for chunk in stub.DownloadModel(pb.DownloadModelRequest(offset=0), timeout=timeout):
             if chunk.offset != f.tell():
                 raise OSError(f"chunk at offset {chunk.offset}, expected {f.tell()}")
             f.write(chunk.data)
-    digest = sha256_hex(tmp.read_bytes())
+            digest.update(chunk.data)
     tmp.replace(out)
-    return digest
+    return digest.hexdigest()

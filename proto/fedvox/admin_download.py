@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"fedvox download: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (sha256 {digest})")
+    print(f"wrote {args.out} (blake3 {digest})")
     return 0

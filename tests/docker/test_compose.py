@@ -5,12 +5,12 @@ its volumes afterwards; the data folder is synthesised once by the data service.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import blake3
 import grpc
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def assert_checkpoint(compose: Compose, tmp_path: Path, round_: int, digest: str
     meta = json.loads((folder / "round.json").read_text())
     blob = (folder / "global.safetensors").read_bytes()
     assert meta["round"] == round_
-    assert hashlib.sha256(blob).hexdigest() == meta["global_digest"] == digest
+    assert blake3.blake3(blob).hexdigest() == meta["global_digest"] == digest
     weights = load_file(str(folder / "global.safetensors"))
     assert weights and all(np.isfinite(w).all() for w in weights.values())
 

@@ -33,13 +33,13 @@ from tests.helpers import (
     RPC_TIMEOUT,
     Federation,
     assert_state_equal,
+    blake3_hex,
     chunks,
     download,
     f32,
     federation,
     messages,
     rpc_error,
-    sha256,
     wait_for_task,
 )
 
@@ -81,11 +81,11 @@ def test_init_then_train_task_for_the_uploaded_model(shared: Federation) -> None
     for task in shared.tasks.values():
         assert task.type == pb.TASK_TYPE_TRAIN
         assert task.round == 1
-        assert task.global_digest == sha256(shared.init_blob)
+        assert task.global_digest == blake3_hex(shared.init_blob)
         assert task.global_size == len(shared.init_blob)
     status = shared.status()
     assert (status.completed_round, status.current_round, status.current_expected) == (0, 1, 2)
-    assert status.global_digest == sha256(shared.init_blob)
+    assert status.global_digest == blake3_hex(shared.init_blob)
 
 
 def test_download_returns_the_uploaded_bytes_and_resumes(shared: Federation) -> None:
@@ -98,7 +98,7 @@ def test_download_returns_the_uploaded_bytes_and_resumes(shared: Federation) -> 
 @pytest.mark.parametrize(
     ("site", "digest", "offset", "code", "message"),
     [
-        ("site-a", "0" * 64, 0, grpc.StatusCode.NOT_FOUND, f"no blob with sha256 '{'0' * 64}'"),
+        ("site-a", "0" * 64, 0, grpc.StatusCode.NOT_FOUND, f"no blob with digest '{'0' * 64}'"),
         ("site-zzz", None, 0, grpc.StatusCode.NOT_FOUND, "unknown site 'site-zzz'"),
         ("site-a", None, 10**6, grpc.StatusCode.OUT_OF_RANGE, "offset 1000000 outside blob of"),
     ],
@@ -112,7 +112,7 @@ def test_bad_download(
     message: str,
 ) -> None:
     request = pb.DownloadRequest(
-        site_id=site, digest=digest or sha256(shared.init_blob), offset=offset
+        site_id=site, digest=digest or blake3_hex(shared.init_blob), offset=offset
     )
     error = rpc_error(lambda: list(shared.fed.Download(request, timeout=RPC_TIMEOUT)))
     assert error.code() == code
@@ -238,15 +238,15 @@ REFUSALS = [
         id="unspecified-kind",
     ),
     pytest.param(
-        with_header(digest=sha256(b"something else")),
+        with_header(digest=blake3_hex(b"something else")),
         grpc.StatusCode.DATA_LOSS,
-        f"sha256 mismatch: declared {sha256(b'something else')}, got {sha256(GOOD)}",
+        f"digest mismatch: declared {blake3_hex(b'something else')}, got {blake3_hex(GOOD)}",
         id="digest-mismatch",
     ),
     pytest.param(
-        with_header(digest=sha256(GOOD).upper()),
+        with_header(digest=blake3_hex(GOOD).upper()),
         INVALID,
-        "is not a lower-case sha256 hex string",
+        "is not a lower-case hex BLAKE3 digest",
         id="digest-not-hex",
     ),
     pytest.param(
@@ -496,7 +496,7 @@ def test_valid_round_replay_conflict_and_aggregation(fresh: Federation) -> None:
 
     replies = list(fresh.admin.DownloadModel(pb.DownloadModelRequest(), timeout=RPC_TIMEOUT))
     model = b"".join(r.data for r in replies)
-    assert sha256(model) == status.global_digest == summary.global_digest
+    assert blake3_hex(model) == status.global_digest == summary.global_digest
     assert_state_equal(parse_safetensors(model), EXPECTED_ROUND_1)
     tail = list(fresh.admin.DownloadModel(pb.DownloadModelRequest(offset=50), timeout=RPC_TIMEOUT))
     assert b"".join(r.data for r in tail) == model[50:]
@@ -507,9 +507,9 @@ def test_valid_round_replay_conflict_and_aggregation(fresh: Federation) -> None:
     assert (replay.accepted, replay.duplicate) == (True, True)
     late = rpc_error(lambda: fresh.submit_delta("site-a", DELTA_B, num_examples=1))
     assert late.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert fresh.status().global_digest == sha256(model)
+    assert fresh.status().global_digest == blake3_hex(model)
     task = wait_for_task(fresh.fed, "site-a")
-    assert (task.type, task.round, task.global_digest) == (pb.TASK_TYPE_TRAIN, 2, sha256(model))
+    assert (task.type, task.round, task.global_digest) == (pb.TASK_TYPE_TRAIN, 2, blake3_hex(model))
 
 
 def test_concurrent_different_result_is_already_exists(
@@ -535,9 +535,9 @@ def test_concurrent_different_result_is_already_exists(
 
     try:
         first = fresh.fed.Submit.future(stream("a", DELTA_A), timeout=RPC_TIMEOUT)
-        assert checked.get(timeout=RPC_TIMEOUT) == sha256(to_safetensors(DELTA_A))
+        assert checked.get(timeout=RPC_TIMEOUT) == blake3_hex(to_safetensors(DELTA_A))
         second = fresh.fed.Submit.future(stream("b", DELTA_B), timeout=RPC_TIMEOUT)
-        assert checked.get(timeout=RPC_TIMEOUT) == sha256(to_safetensors(DELTA_B))
+        assert checked.get(timeout=RPC_TIMEOUT) == blake3_hex(to_safetensors(DELTA_B))
         release["a"].set()
         assert first.result().accepted
         release["b"].set()

@@ -51,9 +51,9 @@ from tests.helpers import (
     MAX_CHUNK,
     RPC_TIMEOUT,
     Federation,
+    blake3_hex,
     download,
     federation,
-    sha256,
 )
 
 pytestmark = pytest.mark.integration
@@ -191,7 +191,7 @@ def would_count(fed: Federation, stream: Sequence[pb.SubmitRequest]) -> bool:
         if message.chunk.offset != len(data) or len(message.chunk.data) > MAX_CHUNK:
             return False
         data += message.chunk.data
-    if len(data) != h.size or sha256(data) != h.digest:
+    if len(data) != h.size or blake3_hex(data) != h.digest:
         return False
     try:
         tensors = parse_safetensors(bytes(data))
@@ -230,7 +230,7 @@ def assert_untouched(f: Fuzzed, code: grpc.StatusCode | None = None) -> None:
     status = f.fed.status()
     assert (status.completed_round, status.current_round) == (0, 1)
     assert (status.current_results, status.current_expected) == (0, 2)
-    assert status.global_digest == sha256(f.fed.init_blob)
+    assert status.global_digest == blake3_hex(f.fed.init_blob)
     for site in status.sites:
         assert 0.0 <= site.progress <= 1.0, (site.site_id, site.progress)
         if site.site_id in f.fed.tasks:
@@ -634,7 +634,7 @@ def test_hostile_downloads(
     admin: bool,
 ) -> None:
     blob = fuzzed.model
-    good = sha256(blob)
+    good = blake3_hex(blob)
     digest = {
         "global": good,
         "upper": good.upper(),

@@ -27,7 +27,7 @@ from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.settings import ConfigError
 from fedvox.wire.tensors import to_safetensors
-from tests.helpers import INITIAL, RPC_TIMEOUT, messages, rpc_error, sha256, wait_for_task
+from tests.helpers import INITIAL, RPC_TIMEOUT, blake3_hex, messages, rpc_error, wait_for_task
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             task_id=init.task_id,
             round=init.round,
             kind=pb.PAYLOAD_KIND_FULL,
-            digest=sha256(blob),
+            digest=blake3_hex(blob),
             size=len(blob),
         )
         assert fed.Submit(iter(messages(header, blob)), timeout=RPC_TIMEOUT).accepted
@@ -99,7 +99,7 @@ def test_a_site_does_the_protocol_under_its_own_name(secured: Secured) -> None:
     fed = secured.fed("site-a")
     request = pb.DownloadRequest(site_id="site-a", digest=secured.task.global_digest)
     data = b"".join(c.data for c in fed.Download(request, timeout=RPC_TIMEOUT))
-    assert sha256(data) == secured.task.global_digest
+    assert blake3_hex(data) == secured.task.global_digest
     beat = pb.HeartbeatRequest(site_id="site-a", task_id=secured.task.task_id, progress=0.5)
     assert not fed.Heartbeat(beat, timeout=RPC_TIMEOUT).abort
     # the client library, as `fedvox client` uses it
@@ -125,7 +125,7 @@ def impersonations(secured: Secured) -> dict[str, object]:
         round=secured.task.round,
         kind=pb.PAYLOAD_KIND_DELTA,
         num_examples=1,
-        digest=sha256(secured.blob),
+        digest=blake3_hex(secured.blob),
         size=len(secured.blob),
     )
     timeout = RPC_TIMEOUT

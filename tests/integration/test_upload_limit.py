@@ -29,8 +29,8 @@ from fedvox.sim.processes import wait_for_tasks as wait_for_sites_tasks
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
 from fedvox.wire.chunks import iter_buffer_chunks
-from fedvox.wire.tensors import parse_safetensors, sha256_hex, to_safetensors
-from tests.helpers import download
+from fedvox.wire.tensors import parse_safetensors, to_safetensors
+from tests.helpers import blake3_hex, download
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,7 @@ def header(site: str, task: pb.Task, blob: bytes, kind: pb.PayloadKind) -> pb.Su
         round=task.round,
         kind=kind,
         num_examples=1,
-        digest=sha256_hex(blob),
+        digest=blake3_hex(blob),
         size=len(blob),
     )
 

@@ -12,7 +12,7 @@ import pytest
 
 from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks, iter_file_chunks
 from fedvox.wire.tensors import parse_safetensors, to_safetensors
-from tests.helpers import raises_wire, sha256
+from tests.helpers import blake3_hex, raises_wire
 
 CHUNK = 1000
 BLOB = np.random.default_rng(0).bytes(2500)  # two and a half chunks
@@ -27,7 +27,7 @@ def blob_file(tmp_path: Path) -> Path:
 
 
 def assembler(max_chunk: int = CHUNK) -> BlobAssembler:
-    return BlobAssembler(len(BLOB), sha256(BLOB), max_chunk=max_chunk)
+    return BlobAssembler(len(BLOB), blake3_hex(BLOB), max_chunk=max_chunk)
 
 
 def test_file_chunks_cover_the_blob(blob_file: Path) -> None:
@@ -101,11 +101,11 @@ def test_assembler_resumes_from_received(blob_file: Path) -> None:
 
 
 def test_assembler_accepts_upper_case_digest_and_empty_blob() -> None:
-    asm = BlobAssembler(len(BLOB), sha256(BLOB).upper(), max_chunk=CHUNK)
+    asm = BlobAssembler(len(BLOB), blake3_hex(BLOB).upper(), max_chunk=CHUNK)
     for offset, data in iter_buffer_chunks(BLOB, chunk_size=CHUNK):
         asm.add(offset, data)
     assert asm.finish() == BLOB
-    assert bytes(BlobAssembler(0, sha256(b"")).finish()) == b""
+    assert bytes(BlobAssembler(0, blake3_hex(b"")).finish()) == b""
 
 
 def test_out_of_order_chunk_is_refused_and_not_counted() -> None:
@@ -155,10 +155,10 @@ def test_corrupted_byte_is_data_loss() -> None:
     asm = assembler()
     for offset, data in iter_buffer_chunks(corrupted, chunk_size=CHUNK):
         asm.add(offset, data)
-    with raises_wire(grpc.StatusCode.DATA_LOSS, "sha256 mismatch") as info:
+    with raises_wire(grpc.StatusCode.DATA_LOSS, "digest mismatch") as info:
         asm.finish()
-    assert sha256(BLOB) in info.value.message
-    assert sha256(corrupted) in info.value.message
+    assert blake3_hex(BLOB) in info.value.message
+    assert blake3_hex(corrupted) in info.value.message
 
 
 def test_oversized_chunk_is_resource_exhausted() -> None:
@@ -174,14 +174,14 @@ def test_oversized_chunk_is_resource_exhausted() -> None:
 
 def test_negative_size_is_refused() -> None:
     with raises_wire(BAD, "negative blob size -1"):
-        BlobAssembler(-1, sha256(b""))
+        BlobAssembler(-1, blake3_hex(b""))
 
 
 def test_assembled_blob_parses_into_writable_views() -> None:
     """The server folds an owned upload in place, so its tensors must be writable views into
     the receive buffer, not copies."""
     blob = to_safetensors({"w": np.arange(1000, dtype=np.float32)})
-    asm = BlobAssembler(len(blob), sha256(blob), max_chunk=CHUNK)
+    asm = BlobAssembler(len(blob), blake3_hex(blob), max_chunk=CHUNK)
     for offset, data in iter_buffer_chunks(blob, chunk_size=CHUNK):
         asm.add(offset, data)
     buffer = asm.finish()
@@ -210,6 +210,6 @@ def _vm_flags(address: int) -> list[str]:
 )
 def test_the_receive_buffer_asks_for_huge_pages() -> None:
     # 4 KiB faults of a fresh payload cost more than copying it (docs/performance.md, section 1)
-    buffer = BlobAssembler(8 * 1024 * 1024, sha256(b"")).buffer
+    buffer = BlobAssembler(8 * 1024 * 1024, blake3_hex(b"")).buffer
     address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
     assert "hg" in _vm_flags(address)

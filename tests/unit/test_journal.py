@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from fedvox.server.journal import RoundJournal, SpilledUpdateSet
-from fedvox.wire.tensors import sha256_hex, to_safetensors
-from tests.helpers import f32
+from fedvox.wire.tensors import to_safetensors
+from tests.helpers import blake3_hex, f32
 
 PLAN = {"kind": "train", "round": 3, "tasks": [{"task_id": "t-a", "site_id": "site-a"}]}
 
 
 def spill(journal: RoundJournal, site: str, values: list[float]) -> bytes:
     blob = to_safetensors({"w": f32(values)})
-    journal.spill(site, f"task-{site}", blob, sha256_hex(blob), 4, 7, {"loss": 0.5})
+    journal.spill(site, f"task-{site}", blob, blake3_hex(blob), 4, 7, {"loss": 0.5})
     return blob
 
 
@@ -76,3 +77,19 @@ def test_refusals_are_found_again(tmp_path: Path) -> None:
     (recovered,) = RoundJournal.recover(tmp_path)
     assert recovered.refusals == {"site-a": "metric 'loss' is not finite"}
     assert list(recovered.entries) == ["site-b"]  # a refusal is not an accepted result
+
+
+def test_entries_written_with_sha256_are_still_verified(tmp_path: Path) -> None:
+    """A round journal left by a server from before the switch to BLAKE3."""
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    blobs = {site: spill(journal, site, [float(i), 2.0]) for i, site in enumerate("ab")}
+    for site, blob in blobs.items():
+        meta_path = journal.path / f"{site}.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta.pop("digest_algorithm") == "blake3"
+        meta["digest"] = hashlib.sha256(blob).hexdigest()
+        meta_path.write_text(json.dumps(meta))
+    (journal.path / "b.safetensors").write_bytes(blobs["b"][:-1] + b"\x01")  # damaged
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert list(recovered.entries) == ["a"]
+    assert recovered.entries["a"].digest == hashlib.sha256(blobs["a"]).hexdigest()

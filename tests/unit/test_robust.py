@@ -16,7 +16,7 @@ from fedvox.server.strategies import RoundContext, robust
 from fedvox.server.strategies.robust import Krum, Median, MultiKrum, TrimmedMean, krum_select
 from fedvox.wire.settings import ConfigError
 from fedvox.wire.tensors import Array, StateDict, to_safetensors
-from tests.helpers import assert_state_equal, f32, sha256
+from tests.helpers import assert_state_equal, blake3_hex, f32
 
 CONTEXT = RoundContext(round=1, sampled=(), total_sites=7)
 
@@ -28,7 +28,7 @@ def spilled(
     journal = RoundJournal.create(tmp_path / "journal", round_, {})
     for site, examples, tensors in updates:
         blob = to_safetensors(tensors)
-        journal.spill(site, f"task-{site}", blob, sha256(blob), examples, 1, {})
+        journal.spill(site, f"task-{site}", blob, blake3_hex(blob), examples, 1, {})
     return SpilledUpdateSet(list(journal.entries.values()))
 
 

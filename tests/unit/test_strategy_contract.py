@@ -39,7 +39,7 @@ from fedvox.wire.tensors import (
     to_safetensors,
     write_safetensors,
 )
-from tests.helpers import assert_state_equal, sha256
+from tests.helpers import assert_state_equal, blake3_hex
 
 NAMES = sorted(REGISTRY)
 SITES = ("site-a", "site-b", "site-c")
@@ -131,7 +131,7 @@ def run_round(strategy: Strategy, weights: StateDict, round_: int, tmp_path: Pat
     for site, tensors in updates_for(strategy, round_).items():
         blob = to_safetensors(tensors)
         journal.spill(
-            site, f"task-{site}", blob, sha256(blob), EXAMPLES[site], STEPS[site], {"loss": 1.0}
+            site, f"task-{site}", blob, blake3_hex(blob), EXAMPLES[site], STEPS[site], {"loss": 1.0}
         )
     if isinstance(strategy, StreamingStrategy):
         for site in sorted(journal.entries):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import tracemalloc
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy as st
 
+from fedvox.wire.digest import digest_hex
 from fedvox.wire.tensors import (
     CACHED_HEADER_BYTES,
     StateDict,
@@ -24,11 +24,10 @@ from fedvox.wire.tensors import (
     schema_from_json,
     schema_of,
     schema_to_json,
-    sha256_hex,
     to_safetensors,
     write_safetensors,
 )
-from tests.helpers import assert_state_equal, f32, raises_wire
+from tests.helpers import assert_state_equal, blake3_hex, f32, raises_wire
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -68,7 +67,7 @@ def test_file_round_trip_preserves_everything(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     digest = write_safetensors(sample(), path)
     data = path.read_bytes()
-    assert digest == hashlib.sha256(data).hexdigest()
+    assert digest == blake3_hex(data)
     assert not (tmp_path / "model.safetensors.tmp").exists()
     assert_state_equal(parse_safetensors(data), sample())
     assert (8 + struct.unpack("<Q", data[:8])[0]) % 8 == 0  # data section is 8-byte aligned
@@ -81,7 +80,7 @@ def test_bytes_round_trip_matches_the_file(tmp_path: Path) -> None:
     assert_state_equal(parse_safetensors(memoryview(blob)), sample())
     digest = write_safetensors(sample(), tmp_path / "m.safetensors")
     assert (tmp_path / "m.safetensors").read_bytes() == blob
-    assert sha256_hex(blob) == digest
+    assert digest_hex(blob) == digest
 
 
 def test_non_contiguous_input_is_written_in_logical_order() -> None:

@@ -16,8 +16,9 @@ from fedvox.client.trainer import TaskAborted, Trainer
 from fedvox.client.volume import DataError
 from fedvox.client.weights import delta
 from fedvox.v1 import federation_pb2 as pb
+from fedvox.wire.digest import digest_hex
 from fedvox.wire.taskconfig import TaskConfig
-from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, to_safetensors
+from fedvox.wire.tensors import StateDict, parse_safetensors, to_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Runner:
                 json.dumps({k: round(v, 4) for k, v in metrics.items()}),
             )
         if blob:
-            header.digest, header.size = sha256_hex(blob), len(blob)
+            header.digest, header.size = digest_hex(blob), len(blob)
         reply = self.connection.submit(header, blob)
         log.info(
             "round %d: site %s result %s%s",

@@ -172,7 +172,7 @@ def run_arm(
         label = site if kind == "local-only" else next(iter(feds))
         fed = feds[label]
         weights = load_weights(fed.out / GLOBAL_MODEL)
-        models[label] = documents[label]["global_model"]["sha256"]
+        models[label] = documents[label]["global_model"]["digest"]
         personal = None
         if config.strategy.get("local_keys"):
             from fedvox.client.site_state import SiteState

@@ -133,7 +133,7 @@ def run_federation(fed: Federation, watcher: Watcher | None = None) -> dict[str,
         "data": [str(d) for d in fed.site_dirs],
     }
     document = metrics_document(status["history"], settings)
-    document["global_model"] = {"path": GLOBAL_MODEL, "sha256": digest}
+    document["global_model"] = {"path": GLOBAL_MODEL, "digest": digest}
     (out / METRICS_JSON).write_text(json.dumps(document, indent=2))
     return document
 

@@ -5,7 +5,7 @@ fedvox wire contract, version 1.
 
 Sites always dial out: every RPC here is called by a site (Federation) or an
 operator (Admin); the server never opens a connection to a site. Tensors
-travel as safetensors blobs named by their sha256 and cut into chunks of
+travel as safetensors blobs named by their BLAKE3 digest and cut into chunks of
 about 1 MiB, so no message comes near gRPC's 4 MiB default cap.
 """
 

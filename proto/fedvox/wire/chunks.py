@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
+from fedvox.wire.digest import hasher
 from fedvox.wire.errors import WireError, invalid
 
 CHUNK_SIZE = 1024 * 1024  # ~1 MiB measured fastest and stays under gRPC's 4 MiB cap
@@ -57,7 +57,7 @@ def _anonymous_memory(size: int) -> memoryview:
 
 
 class BlobAssembler:
-    """Reassembles in-order chunks into one preallocated buffer and checks the sha256.
+    """Reassembles in-order chunks into one preallocated buffer and checks the digest.
 
     The buffer is allocated once from the declared size (after the caller has
     capped it), so a hostile sender cannot make us grow memory chunk by chunk.
@@ -78,7 +78,7 @@ class BlobAssembler:
         self.max_chunk = max_chunk
         self.buffer = _anonymous_memory(size)
         self.received = 0
-        self._hash = hashlib.sha256()
+        self._hash = hasher()
 
     def add(self, offset: int, data: bytes | memoryview) -> None:
         if len(data) > self.max_chunk:
@@ -104,6 +104,6 @@ class BlobAssembler:
         if actual != self.expected_digest:
             raise WireError(
                 grpc.StatusCode.DATA_LOSS,
-                f"sha256 mismatch: declared {self.expected_digest}, got {actual}",
+                f"digest mismatch: declared {self.expected_digest}, got {actual}",
             )
         return self.buffer

@@ -9,7 +9,6 @@ chunks were reassembled into, and check every field before trusting it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from fedvox.wire.digest import hasher
 from fedvox.wire.errors import invalid
 
 Array = npt.NDArray[np.generic]
@@ -112,9 +112,10 @@ def _header(tensors: Mapping[str, Array]) -> tuple[bytes, list[Array]]:
 
 
 def write_safetensors(tensors: Mapping[str, Array], path: Path) -> str:
-    """Write a blob atomically (tmp + fsync + rename) and return its sha256 hex digest."""
+    """Write a blob atomically (tmp + fsync + rename) and return its digest."""
     header, arrays = _header(tensors)
-    digest = hashlib.sha256(header)
+    digest = hasher()
+    digest.update(header)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(header)
@@ -251,7 +252,3 @@ def _all_finite(array: Array, scratch: npt.NDArray[np.bool_]) -> bool:
         if not mask.all():
             return False
     return True
-
-
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -18,7 +18,6 @@ through memory maps, so N sites never mean N models in RAM.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import mmap
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvox.server.strategies import Update
+from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
 from fedvox.wire.tensors import Array, StateDict, parse_safetensors
 
 
@@ -98,7 +98,8 @@ class RoundJournal:
     def _restore(self, meta_path: Path) -> None:
         meta = json.loads(meta_path.read_text())
         blob = self.path / f"{meta['site_id']}.safetensors"
-        if meta["digest"] and sha256_file(blob) != meta["digest"]:
+        algorithm = meta.get("digest_algorithm", LEGACY_ALGORITHM)  # absent: written as sha256
+        if meta["digest"] and file_digest(blob, algorithm) != meta["digest"]:
             return  # cannot happen after an fsynced write; never count a damaged blob
         self.entries[meta["site_id"]] = SpilledUpdate(
             meta["site_id"],
@@ -153,6 +154,7 @@ class RoundJournal:
             "local_steps": local_steps,
             "metrics": metrics,
             "digest": digest,
+            "digest_algorithm": ALGORITHM,
         }
         _write_atomic(self.path / f"{site_id}.json", json.dumps(meta).encode())
         self.entries[site_id] = entry
@@ -191,14 +193,6 @@ class SpilledUpdateSet:
         if site not in self._views:  # maps cost address space, not memory
             self._views[site] = self._entries[site].tensors()
         return self._views[site][name]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, data: object) -> None:

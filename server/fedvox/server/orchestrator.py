@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -41,12 +40,12 @@ from fedvox.server.strategies import (
     Update,
 )
 from fedvox.server.tasks import EXPECTED_PAYLOAD, Payload, ResultHeader, Task, TaskKind
+from fedvox.wire.digest import DIGEST_PATTERN
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.taskconfig import TaskConfig
 from fedvox.wire.tensors import Schema, StateDict, check_schema, schema_of
 
 log = logging.getLogger(__name__)
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _DELTA_SLACK = 1 << 20  # a delta's header may differ slightly from the global blob's
 
 
@@ -239,7 +238,7 @@ class Orchestrator:
     def blob_path(self, digest: str) -> Path:
         path = self.store.blob_path(digest)
         if path is None:
-            raise WireError(grpc.StatusCode.NOT_FOUND, f"no blob with sha256 {digest!r}")
+            raise WireError(grpc.StatusCode.NOT_FOUND, f"no blob with digest {digest!r}")
         return path
 
     def current_model(self) -> Path:
@@ -311,8 +310,10 @@ class Orchestrator:
         if expected is Payload.NONE:
             if header.size or header.digest:
                 raise invalid("an evaluation result carries no blob: size and digest must be empty")
-        elif not _DIGEST.match(header.digest):
-            raise invalid(f"digest {header.digest!r} is not a lower-case sha256 hex string")
+        elif not DIGEST_PATTERN.match(header.digest):
+            raise invalid(
+                f"digest {header.digest!r} is not a lower-case hex BLAKE3 digest (64 characters)"
+            )
 
     def refuse_content(self, header: ResultHeader, error: WireError) -> WireError:
         """Record that the site's update was refused for what it holds, not for how it

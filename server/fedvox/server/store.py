@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedvox.wire.tensors import StateDict, parse_safetensors, sha256_hex, write_safetensors
+from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
+from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
 
 log = logging.getLogger(__name__)
 _ROUND_DIR = re.compile(r"^round-(\d{6})$")
@@ -43,7 +44,7 @@ class Checkpoint:
 
     @property
     def publish(self) -> tuple[str, int]:
-        """(sha256, size) of what train tasks download: the model, plus scheme extras."""
+        """(digest, size) of what train tasks download: the model, plus scheme extras."""
         if "publish_digest" in self.meta:
             return str(self.meta["publish_digest"]), int(self.meta["publish_size"])
         return self.digest, int(self.meta["global_size"])
@@ -83,6 +84,7 @@ class Store:
             "global_digest": digest,
             "global_size": (tmp / "global.safetensors").stat().st_size,
             "strategy_digest": strategy_digest,
+            "digest_algorithm": ALGORITHM,
         }
         if extras:  # e.g. SCAFFOLD's c, which sites download with the model
             meta["publish_digest"] = write_safetensors(
@@ -97,7 +99,7 @@ class Store:
         _fsync_dir(self.checkpoints)
         checkpoint = Checkpoint(round_, final, meta)
         self._register(checkpoint)
-        log.info("checkpoint: round %d written to %s (sha256 %s)", round_, final, digest[:12])
+        log.info("checkpoint: round %d written to %s (digest %s)", round_, final, digest[:12])
         return checkpoint
 
     def latest(self) -> Checkpoint | None:
@@ -110,8 +112,12 @@ class Store:
         for round_, path in reversed(rounds):
             try:
                 meta = json.loads((path / "round.json").read_text())
-                if sha256_hex((path / "global.safetensors").read_bytes()) != meta["global_digest"]:
+                algorithm = meta.get("digest_algorithm", LEGACY_ALGORITHM)
+                model = path / "global.safetensors"
+                if file_digest(model, algorithm) != meta["global_digest"]:
                     raise ValueError("global.safetensors does not match its digest")
+                if algorithm != ALGORITHM:
+                    meta = _upgrade_digests(path, meta)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("checkpoint: skipping damaged %s: %s", path, exc)
                 continue
@@ -142,6 +148,25 @@ def _read_writable(path: Path) -> bytearray:
         if f.readinto(buffer) != len(buffer):
             raise OSError(f"{path} changed size while being read")
     return buffer
+
+
+def _upgrade_digests(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Re-digest a checkpoint written before fedvox switched from SHA-256 to BLAKE3 (the
+    model was just verified with its old digest), so that sites, which check BLAKE3, can
+    download it. round.json is replaced atomically: a crash leaves the old or the new one."""
+    meta = {**meta, "digest_algorithm": ALGORITHM}
+    for key, name in (
+        ("global_digest", "global.safetensors"),
+        ("strategy_digest", "strategy.safetensors"),
+        ("publish_digest", "publish.safetensors"),
+    ):
+        if key in meta:
+            meta[key] = file_digest(path / name)
+    _write_json(path / "round.json.tmp", meta)
+    os.replace(path / "round.json.tmp", path / "round.json")
+    _fsync_dir(path)
+    log.info("checkpoint: %s re-digested with %s (it was written with sha256)", path, ALGORITHM)
+    return meta
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
