@@ -40,8 +40,12 @@ from fedvox.client.connection import Connection
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.wire.digest import digest_hex
 
+# by path name: (the pid of the process serving it, the transfer to time)
+Paths = dict[str, tuple[int, Callable[[], object]]]
+Figures = dict[str, dict[str, float]]
 
-def _server_cpu_ns(pid: int) -> int:
+
+def server_cpu_ns(pid: int) -> int:
     """CPU time of every thread of `pid` so far, in ns (Linux schedstat; 0 elsewhere)."""
     total = 0
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
@@ -67,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     payload = T.make_payload(args.mb)
     cores = os.cpu_count() or 1
     raw = T.RawTcp(payload.size)
-    wall: dict[str, list[float]] = {}
-    cpu: dict[str, list[tuple[float, float]]] = {}
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fedvox-bench-") as tmp,
@@ -86,61 +88,35 @@ def main(argv: list[str] | None = None) -> int:
             )
             train = T._wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, len(sites))[0]
             site, resident = sites[0], memoryview(bytearray(payload.size))
-            paths: dict[str, tuple[int, Callable[[], object]]] = {
+            paths: Paths = {
                 "download": (server.pid, lambda: site.download(train.global_digest, payload.size)),
                 "no_digest": (server.pid, lambda: _fetch_unverified(site, train, resident)),
                 "digest": (server.pid, lambda: digest_hex(payload.full)),
                 "raw_down": (raw.process.pid or 0, lambda: raw.fetch(payload.size)),
             }
-            for name, (_, run) in paths.items():  # untimed warm-up of every path
+            for _, run in paths.values():  # untimed warm-up of every path
                 run()
-                wall[name], cpu[name] = [], []
-            for repeat in range(args.repeats):
-                for name, (pid, run) in paths.items():
-                    server0, client0 = _server_cpu_ns(pid), time.process_time_ns()
-                    started = time.perf_counter()
-                    run()
-                    wall[name].append(time.perf_counter() - started)
-                    cpu[name].append(
-                        (
-                            (_server_cpu_ns(pid) - server0) / 1e9,
-                            (time.process_time_ns() - client0) / 1e9,
-                        )
-                    )
-                print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
+            figures = time_paths(paths, args.repeats, "raw_down")
             for s in sites:
                 s.close()
     finally:
         raw.close()
 
-    med = statistics.median
-    figures = {
-        name: {
-            "wall_ms": med(wall[name]) * 1e3,
-            "server_cpu_ms": med(c[0] for c in cpu[name]) * 1e3,
-            "client_cpu_ms": med(c[1] for c in cpu[name]) * 1e3,
-            "x_raw": med(wall["raw_down"]) / med(wall[name]),
-        }
-        for name in wall
-    }
     work_ms = sum(
         figures[n]["server_cpu_ms"] + figures[n]["client_cpu_ms"] for n in ("no_digest", "digest")
     )
     bound_ms = max(work_ms / cores, figures["no_digest"]["wall_ms"], figures["digest"]["wall_ms"])
     best_ratio = figures["raw_down"]["wall_ms"] / bound_ms
     print(f"download of {payload.size:,} bytes, {cores} CPUs, medians of {args.repeats}")
-    print(f"{'path':28} {'wall ms':>8} {'x raw':>6} {'srv CPU ms':>10} {'cli CPU ms':>10}")
-    for name, label in (
-        ("raw_down", "raw TCP down"),
-        ("no_digest", "no digest, resident buffer"),
-        ("digest", "digest only"),
-        ("download", "fedvox Download"),
-    ):
-        f = figures[name]
-        print(
-            f"{label:28} {f['wall_ms']:8.2f} {f['x_raw']:6.2f} "
-            f"{f['server_cpu_ms']:10.2f} {f['client_cpu_ms']:10.2f}"
-        )
+    print_rows(
+        figures,
+        {
+            "raw_down": "raw TCP down",
+            "no_digest": "no digest, resident buffer",
+            "digest": "digest only",
+            "download": "fedvox Download",
+        },
+    )
     print(
         f"bound: transport + digest = {work_ms:.2f} ms of CPU on {cores} cores -> "
         f">= {bound_ms:.2f} ms wall -> at best {best_ratio:.2f}x raw TCP"
@@ -156,6 +132,43 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, separators=(",", ":")))
     return 0
+
+
+def time_paths(paths: Paths, repeats: int, baseline: str) -> Figures:
+    """Time every path once per repeat, interleaved; medians of wall time, of the serving
+    process's CPU time and of this process's, and the ratio to the `baseline` path."""
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    for repeat in range(repeats):
+        for name, (pid, run) in paths.items():
+            server0, client0 = server_cpu_ns(pid), time.process_time_ns()
+            started = time.perf_counter()
+            run()
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(
+                ((server_cpu_ns(pid) - server0) / 1e9, (time.process_time_ns() - client0) / 1e9)
+            )
+        print(f"repeat {repeat + 1}/{repeats}", file=sys.stderr)
+    med = statistics.median
+    return {
+        name: {
+            "wall_ms": med(wall[name]) * 1e3,
+            "server_cpu_ms": med(c[0] for c in cpu[name]) * 1e3,
+            "client_cpu_ms": med(c[1] for c in cpu[name]) * 1e3,
+            "x_raw": med(wall[baseline]) / med(wall[name]),
+        }
+        for name in paths
+    }
+
+
+def print_rows(figures: Figures, labels: dict[str, str]) -> None:
+    print(f"{'path':28} {'wall ms':>8} {'x raw':>6} {'srv CPU ms':>10} {'cli CPU ms':>10}")
+    for name, label in labels.items():
+        f = figures[name]
+        print(
+            f"{label:28} {f['wall_ms']:8.2f} {f['x_raw']:6.2f} "
+            f"{f['server_cpu_ms']:10.2f} {f['client_cpu_ms']:10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -340,11 +340,16 @@ class RawTcp:
 
     def upload(self, data: bytes, interval_s: float) -> Transfer:
         assert self.process.pid is not None
-        with Measure(self.process.pid, interval_s) as t, self._connect(b"U", len(data)) as sock:
+        with Measure(self.process.pid, interval_s) as t:
+            self.send(data)
+        return t
+
+    def send(self, data: bytes) -> None:
+        """Send `data` to the server and wait for its ack (the upload, without measuring)."""
+        with self._connect(b"U", len(data)) as sock:
             _send_slices(sock, data)
             if sock.recv(1) != b"K":
                 raise ConnectionError("raw TCP server did not acknowledge the upload")
-        return t
 
     def download(self, size: int, interval_s: float) -> Transfer:
         assert self.process.pid is not None
@@ -448,17 +453,21 @@ class GrpcFloor:
 
     def upload(self, data: bytes, interval_s: float) -> Transfer:
         assert self.process.pid is not None
+        with Measure(self.process.pid, interval_s) as t:
+            self.send(data)
+        return t
+
+    def send(self, data: bytes) -> None:
+        """Submit `data` to the no-op server (the upload, without measuring)."""
 
         def messages() -> Iterator[pb.SubmitRequest]:  # as Connection.submit makes them
             yield pb.SubmitRequest(header=pb.SubmitHeader(site_id="floor", size=len(data)))
             for offset, chunk in iter_buffer_chunks(data):
                 yield pb.SubmitRequest(chunk=pb.SubmitChunk(offset=offset, data=bytes(chunk)))
 
-        with Measure(self.process.pid, interval_s) as t:
-            response = self.connection.stub.Submit(messages(), timeout=600)
+        response = self.connection.stub.Submit(messages(), timeout=600)
         if response.message != str(len(data)):
             raise RuntimeError(f"gRPC floor received {response.message} of {len(data)} bytes")
-        return t
 
     def download(self, size: int, interval_s: float) -> Transfer:
         assert self.process.pid is not None
@@ -491,8 +500,11 @@ def _free_port() -> int:
 # This benchmark keeps its own process helpers rather than fedvox.sim.processes': it is also
 # run against older commits of fedvox (before/after figures), which lack those helpers.
 @contextlib.contextmanager
-def fedvox_server(workdir: Path, name: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A fresh `python -m fedvox.server` with its own state dir; yields (process, address)."""
+def fedvox_server(
+    workdir: Path, name: str, sites: int = NUM_SITES
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A fresh `python -m fedvox.server` with its own state dir, whose rounds wait for
+    `sites` sites; yields (process, address)."""
     state = workdir / f"state-{name}"
     log_path = workdir / f"server-{name}.log"
     port = _free_port()
@@ -507,7 +519,7 @@ def fedvox_server(workdir: Path, name: str) -> Iterator[tuple[subprocess.Popen[b
         "--state-dir",
         str(state),
         "--min-sites",
-        str(NUM_SITES),
+        str(sites),
         "--rounds",
         "1",
         "--set",

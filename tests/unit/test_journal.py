@@ -93,3 +93,28 @@ def test_entries_written_with_sha256_are_still_verified(tmp_path: Path) -> None:
     (recovered,) = RoundJournal.recover(tmp_path)
     assert list(recovered.entries) == ["a"]
     assert recovered.entries["a"].digest == hashlib.sha256(blobs["a"]).hexdigest()
+
+
+def test_a_staged_blob_holds_every_byte_written_in_pieces(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    data = bytes(range(256)) * 40_000  # 10.24 MB: more than two of the 4 MiB writeback steps
+    staged = journal.open_stage()
+    for start in range(0, len(data), 1_000_003):
+        staged.write(memoryview(data)[start : start + 1_000_003])
+    path = staged.finish()
+    assert path.parent == journal.path and path.name.startswith(".staged-")
+    assert path.read_bytes() == data
+    entry = journal.commit(path, "site-a", "task-site-a", blake3_hex(data), 4, 7, {})
+    staged.discard()  # after commit: the committed blob stays
+    assert entry.path.read_bytes() == data
+    assert not path.exists()
+
+
+def test_a_discarded_staged_blob_leaves_nothing(tmp_path: Path) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    staged = journal.open_stage()
+    staged.write(b"half an upload")
+    staged.discard()
+    assert sorted(p.name for p in journal.path.iterdir()) == ["round.json"]
+    (recovered,) = RoundJournal.recover(tmp_path)
+    assert recovered.entries == {}

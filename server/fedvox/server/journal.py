@@ -18,12 +18,13 @@ through memory maps, so N sites never mean N models in RAM.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,10 @@ class RoundJournal:
             blob,
         )
 
+    def open_stage(self) -> StagedBlob:
+        """A temporary file in this journal for an upload to be written into as it arrives."""
+        return StagedBlob(self.path / f".staged-{uuid.uuid4().hex}")
+
     def spill(
         self,
         site_id: str,
@@ -125,10 +130,14 @@ class RoundJournal:
         return self.commit(staged, site_id, task_id, digest, num_examples, local_steps, metrics)
 
     def stage(self, blob: bytes | bytearray | memoryview) -> Path:
-        """Write and fsync a blob under a temporary name (slow; needs no lock)."""
-        path = self.path / f".staged-{uuid.uuid4().hex}"
-        _write_atomic(path, blob)
-        return path
+        """Write and fsync a whole blob under a temporary name (slow; needs no lock)."""
+        staged = self.open_stage()
+        try:
+            staged.write(blob)
+            return staged.finish()
+        except BaseException:
+            staged.discard()
+            raise
 
     def commit(
         self,
@@ -170,6 +179,70 @@ class RoundJournal:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class StagedBlob:
+    """An upload written into its round's journal while it arrives, under a temporary name
+    that `RoundJournal.commit` replaces with the site's.
+
+    The kernel is asked to start writing every few MiB to disk (sync_file_range) instead of
+    when `finish` fsyncs, and the copies into the page cache happen in the gaps between chunks:
+    the fsync after the last chunk then waits for the tail only (docs/performance.md,
+    section 1). A failure to write is an OSError, as with any file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._written = 0
+        self._started = 0  # bytes whose writeback was started
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self._written += len(view)
+        while view:  # os.write may write less than it was given
+            view = view[os.write(self._fd, view) :]
+        if self._written - self._started >= _WRITEBACK_BYTES:
+            _start_writeback(self._fd, self._started, self._written - self._started)
+            self._started = self._written
+
+    def finish(self) -> Path:
+        """Wait until every byte is on disk; the blob is then ready for `commit`."""
+        os.fsync(self._fd)
+        self._close()
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the file, unless `commit` has already given it its final name."""
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_WRITEBACK_BYTES = 4 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, do not wait for it
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: the fsync in `finish` does all the work
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    # advisory: if the kernel refuses, `finish` still fsyncs everything
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class SpilledUpdateSet:

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from fedvox.server.config import ServerConfig
-from fedvox.server.journal import RoundJournal, SpilledUpdateSet, write_json_atomic
+from fedvox.server.journal import RoundJournal, SpilledUpdateSet, StagedBlob, write_json_atomic
 from fedvox.server.sites import SiteRegistry
 from fedvox.server.store import Checkpoint, Store
 from fedvox.server.strategies import (
@@ -371,11 +371,23 @@ class Orchestrator:
             )
         return True
 
-    def accept(self, header: ResultHeader, blob: memoryview, tensors: StateDict) -> bool:
+    def open_stage(self, header: ResultHeader) -> StagedBlob:
+        """A file in the open round's journal for this upload to be written into as it
+        arrives (the caller discards it unless `accept` counts it)."""
+        with self.cond:
+            self._task_for_result(header)
+            assert self.open is not None
+            journal = self.open.journal
+        try:
+            return journal.open_stage()
+        except OSError as exc:
+            raise self.journal_failed(header, exc) from None
+
+    def accept(self, header: ResultHeader, tensors: StateDict, staged: StagedBlob | None) -> bool:
         """Count a checked result; returns False when it was a replay.
 
-        The blob is written to the journal (and fsynced) before it counts, so a killed
-        server finds it again; that slow write happens outside the lock."""
+        `staged` holds the blob as received; it is fsynced before the result counts, so a
+        killed server finds it again; that wait happens outside the lock."""
         with self.cond:
             if self._is_replay(header):
                 return False
@@ -384,21 +396,17 @@ class Orchestrator:
                 self._check_tensors(task, tensors)
             except WireError as exc:
                 raise self.refuse_content(header, exc) from None
-            assert self.open is not None
-            journal = self.open.journal
         try:
-            staged = journal.stage(blob) if header.digest else None
-        except OSError as exc:  # the round closed (journal removed) or the disk failed
-            with self.cond:
-                self._task_for_result(header)  # FAILED_PRECONDITION if the round closed
-            raise WireError(
-                grpc.StatusCode.UNAVAILABLE, f"cannot journal the result: {exc}"
-            ) from None
-        try:
-            return self._count(header, tensors, staged)
-        finally:
-            if staged is not None:
-                staged.unlink(missing_ok=True)  # still there only if it did not count
+            path = staged.finish() if staged is not None else None
+        except OSError as exc:
+            raise self.journal_failed(header, exc) from None
+        return self._count(header, tensors, path)
+
+    def journal_failed(self, header: ResultHeader, exc: OSError) -> WireError:
+        """The round closed (its journal removed) or the disk failed."""
+        with self.cond:
+            self._task_for_result(header)  # FAILED_PRECONDITION if the round closed
+        return WireError(grpc.StatusCode.UNAVAILABLE, f"cannot journal the result: {exc}")
 
     def _check_tensors(self, task: Task, tensors: StateDict) -> None:
         if task.kind is TaskKind.TRAIN:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from fedvox.server.identity import require_admin, require_site
+from fedvox.server.journal import StagedBlob
 from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb
@@ -207,9 +208,15 @@ class FederationService(pb_grpc.FederationServiceServicer):
             replay = self._replay(header) if queued else None
             if replay is not None:
                 return replay
-            blob, tensors = self._receive(header, request_iterator)
-            counted = self.orch.accept(header, blob, tensors)
-            del blob, tensors  # the slot is free only once this buffer is
+            # written to the journal as it arrives, so that little is left to wait for
+            staged = None if header.payload is Payload.NONE else self.orch.open_stage(header)
+            try:
+                blob, tensors = self._receive(header, request_iterator, staged)
+                counted = self.orch.accept(header, tensors, staged)
+                del blob, tensors  # the slot is free only once this buffer is
+            finally:
+                if staged is not None:
+                    staged.discard()  # a no-op once the result counted
         return pb.SubmitResponse(
             accepted=True,
             duplicate=not counted,
@@ -224,9 +231,9 @@ class FederationService(pb_grpc.FederationServiceServicer):
         )
 
     def _receive(
-        self, header: ResultHeader, messages: Iterator[pb.SubmitRequest]
+        self, header: ResultHeader, messages: Iterator[pb.SubmitRequest], staged: StagedBlob | None
     ) -> tuple[memoryview, StateDict]:
-        if header.payload is Payload.NONE:
+        if staged is None:  # an evaluation result (Payload.NONE) carries no blob
             if next(messages, None) is not None:
                 raise invalid("an evaluation result carries no chunks")
             return memoryview(b""), {}
@@ -235,6 +242,10 @@ class FederationService(pb_grpc.FederationServiceServicer):
             if not message.HasField("chunk"):
                 raise invalid("only chunks may follow the Submit header")
             assembler.add(message.chunk.offset, message.chunk.data)
+            try:
+                staged.write(message.chunk.data)
+            except OSError as exc:
+                raise self.orch.journal_failed(header, exc) from None
         blob = assembler.finish()  # a transport failure here leaves the task open for a retry
         try:
             tensors = parse_safetensors(blob)
