@@ -331,12 +331,18 @@ class Cell:
 
 
 def _server_malloc() -> None:
-    """Aggregation runs in the server process: time it under the server's malloc settings."""
+    """Aggregation runs in the server process: time it under the server's malloc and BLAS
+    settings."""
     try:
         from fedvox.server.memory import tune_malloc
     except ImportError:  # an older fedvox, measured for a before/after figure
         return
     tune_malloc()
+    try:
+        from fedvox.server.blas import limit_blas_threads
+    except ImportError:
+        return
+    limit_blas_threads()
 
 
 def main(argv: list[str] | None = None) -> int:

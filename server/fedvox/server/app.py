@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fedvox.server.blas import limit_blas_threads
 from fedvox.server.config import ServerConfig, server_tls
 from fedvox.server.memory import tune_malloc
 from fedvox.server.orchestrator import Orchestrator
@@ -113,6 +114,7 @@ def start(config: ServerConfig) -> RunningServer:
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (Docker sends SIGTERM)."""
     tune_malloc()  # before the gRPC threads exist
+    limit_blas_threads()
     running = start(config)
     stop = threading.Event()
 
