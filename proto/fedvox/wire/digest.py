@@ -2,7 +2,7 @@
 
 Every Download and every Submit hashes the whole model, and so does every journal write and
 checkpoint, so the digest sits on the critical path of each transfer. BLAKE3 hashes 19 MB in
-2.4 ms on one core here, against 9.3 ms for SHA-256 with the CPU's SHA extensions
+2.6 ms on one core here, against 9.3 ms for SHA-256 with the CPU's SHA extensions
 (docs/performance.md, section 1). It is a cryptographic hash like SHA-256, with the same
 256-bit output, so blobs stay content-addressed and tamper-evident.
 
