@@ -61,13 +61,35 @@ def _fetch_unverified(site: Connection, task: pb.Task, into: memoryview) -> None
         into[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """`--mb` and `--repeats`, the options of this benchmark and of upload_cpu.py."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=19.0, help="payload size in MB (1e6)")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved repeats")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.mb <= 0:
         parser.error("--repeats and --mb must be positive")
+    return args
+
+
+def training_sites(
+    address: str, count: int, payload: T.Payload, benchmark: str
+) -> tuple[list[Connection], dict[int, pb.Task]]:
+    """`count` registered sites, the INIT upload of `payload` done, and each site's training
+    task, by site index."""
+    sites = [Connection(address, f"bench-{i:03d}", give_up_after_s=10.0) for i in range(count)]
+    for site in sites:
+        site.register(10, {"benchmark": benchmark})
+    (index, task), *_ = T._wait_for_tasks(sites, pb.TASK_TYPE_INIT, 1).items()
+    response = T._submit(
+        sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
+    )
+    T._check(response, "INIT upload")
+    return sites, T._wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__, argv)
     payload = T.make_payload(args.mb)
     cores = os.cpu_count() or 1
     raw = T.RawTcp(payload.size)
@@ -76,17 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="fedvox-bench-") as tmp,
             T.fedvox_server(Path(tmp), "cpu") as (server, address),
         ):
-            sites = [Connection(address, f"bench-{i}", give_up_after_s=10.0) for i in range(3)]
-            for site in sites:
-                site.register(10, {"benchmark": "download_cpu"})
-            (index, task), *_ = T._wait_for_tasks(sites, pb.TASK_TYPE_INIT, 1).items()
-            T._check(
-                T._submit(
-                    sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
-                ),
-                "INIT upload",
-            )
-            train = T._wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, len(sites))[0]
+            sites, tasks = training_sites(address, T.NUM_SITES, payload, "download_cpu")
+            train = tasks[0]
             site, resident = sites[0], memoryview(bytearray(payload.size))
             paths: Paths = {
                 "download": (server.pid, lambda: site.download(train.global_digest, payload.size)),

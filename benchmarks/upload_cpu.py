@@ -22,7 +22,6 @@ this process (every thread, nanosecond clocks). Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -30,18 +29,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import transport as T  # noqa: N812 (its server, payload and TCP helpers)
-from benchmarks.download_cpu import Paths, print_rows, time_paths
-from fedvox.client.connection import Connection
+from benchmarks.download_cpu import Paths, parse_args, print_rows, time_paths, training_sites
 from fedvox.v1 import federation_pb2 as pb
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=float, default=19.0, help="payload size in MB (1e6)")
-    parser.add_argument("--repeats", type=int, default=30, help="interleaved repeats")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.mb <= 0:
-        parser.error("--repeats and --mb must be positive")
+    args = parse_args(__doc__, argv)
     payload = T.make_payload(args.mb)
     raw, floor = T.RawTcp(payload.size), T.GrpcFloor(payload.size)
     count = args.repeats + 2
@@ -50,19 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="fedvox-bench-") as tmp,
             T.fedvox_server(Path(tmp), "upload", sites=count) as (server, address),
         ):
-            sites = [
-                Connection(address, f"bench-{i:03d}", give_up_after_s=10.0) for i in range(count)
-            ]
-            for site in sites:
-                site.register(10, {"benchmark": "upload_cpu"})
-            (index, task), *_ = T._wait_for_tasks(sites, pb.TASK_TYPE_INIT, 1).items()
-            T._check(
-                T._submit(
-                    sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
-                ),
-                "INIT upload",
-            )
-            train = T._wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, count)
+            sites, train = training_sites(address, count, payload, "upload_cpu")
             uploads: Iterator[int] = iter(range(count - 1))  # the last site never submits
 
             def submit_next() -> None:
