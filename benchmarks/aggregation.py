@@ -13,9 +13,9 @@ Then each measurement runs in a fresh child process (numpy and fedvox.server onl
 torch), so its peak RSS belongs to that scheme and N alone:
 
 * `fedavg-fresh`: FedAvg's streaming fold as the orchestrator runs it for uploads that
-  arrive in site order: each update is read into a fresh receive buffer (`bytearray`, as
-  `BlobAssembler` makes one; not timed), parsed into writable views (not timed), and
-  handed to `FedAvg.accept` as an owned `Update` (timed);
+  arrive in site order: each update is mapped from its journal file and its pages read once
+  by the finiteness check, as the Submit that received it leaves it (not timed), then
+  handed to `FedAvg.accept` (timed);
 * `fedavg-spilled`: the same fold for updates that arrived out of order and wait in the
   journal: `FedAvg.accept(entry.load())` over memory maps of the spilled blobs (timed,
   including the map and the header parse), in sorted site order;
@@ -74,7 +74,7 @@ from fedvox.server.strategies import RoundContext, Update
 from fedvox.server.strategies.fedavg import FedAvg
 from fedvox.server.strategies.robust import Median
 from fedvox.wire.digest import digest_hex
-from fedvox.wire.tensors import StateDict, parse_safetensors, to_safetensors
+from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors, to_safetensors
 
 MB = 1_000_000
 SCHEMES = ("fedavg-fresh", "fedavg-spilled", "median", "median-krum")
@@ -155,17 +155,12 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _read_owned(entry: SpilledUpdate) -> Update:
-    """The update as a fresh Submit holds it: views into its own receive buffer."""
-    size = entry.path.stat().st_size
-    buffer = bytearray(size)
-    with open(entry.path, "rb", buffering=0) as f:
-        view = memoryview(buffer)
-        got = 0
-        while got < size:
-            got += f.readinto(view[got:])
-    tensors = parse_safetensors(buffer)
-    return Update(entry.site_id, entry.num_examples, tensors, entry.local_steps, owned=True)
+def _received(entry: SpilledUpdate) -> Update:
+    """The update as a fresh Submit holds it: read-only views of the journal file it was just
+    written to, every page already read once by the finiteness check."""
+    update = entry.load()
+    check_finite(update.tensors)
+    return update
 
 
 def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, Any]:
@@ -228,7 +223,7 @@ def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, A
             fedavg.begin(global_weights, context)
             for entry in entries:
                 if scheme == "fedavg-fresh":
-                    update = _read_owned(entry)  # the receive buffer: not aggregation's time
+                    update = _received(entry)  # the upload's own work: not aggregation's time
                     floor()
                     start = time.perf_counter()
                     fedavg.accept(update)

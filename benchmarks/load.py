@@ -17,7 +17,7 @@ FedAvg, one round, no evaluation) and drives the real protocol with
 Measured: the wall time from the release to the last reply (aggregate throughput = N x blob
 size / that time), and the server's RSS, sampled with psutil every --sample-ms, before the
 release (baseline), at its peak while the uploads run, and at its peak until round 1 is
-aggregated and checkpointed (completed_round = 1), and the most receive buffers the server held
+aggregated and checkpointed (completed_round = 1), and the most upload slots the server held
 at once (from its log). Every repeat runs once per `max_concurrent_uploads` value of --caps
 (0 = no cap), in a rotating order. Figures are medians over the repeats; stdout ends with
 exactly one JSON line holding them all.
@@ -131,7 +131,7 @@ class Repeat:
     rss_peak_round_bytes: int  # through aggregation and the checkpoint
     round_seconds: float  # release -> completed_round == 1
     accepted: int
-    buffers_high_water: int  # the most receive buffers held at once, from the server's log
+    buffers_high_water: int  # the most upload slots held at once, from the server's log
 
 
 @contextmanager
@@ -182,7 +182,7 @@ def completed_round(address: str) -> int:
         return int(status.completed_round)
 
 
-_HIGH_WATER = re.compile(r"uploads: (\d+) receive buffer\(s\) held at once")
+_HIGH_WATER = re.compile(r"uploads: (\d+) slot\(s\) held at once")
 
 
 def buffers_high_water(server_log: Path) -> int:
@@ -284,7 +284,7 @@ def print_table(results: dict[int, dict[str, Any]], n_sites: int, n_repeats: int
             MB,
             "{:.0f}",
         ),
-        ("receive buffers held at once (most)", "buffers_high_water_max", 1, "{:.0f}"),
+        ("upload slots held at once (most)", "buffers_high_water_max", 1, "{:.0f}"),
     ]
     caps = [f"cap {c}" if c else "no cap" for c in results]
     print(f"{'figure (median of ' + str(n_repeats) + ')':<46}" + "".join(f"{c:>12}" for c in caps))

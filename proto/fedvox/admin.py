@@ -130,7 +130,8 @@ def download_model(
         for chunk in stub.DownloadModel(pb.DownloadModelRequest(offset=0), timeout=timeout):
             if chunk.offset != f.tell():
                 raise OSError(f"chunk at offset {chunk.offset}, expected {f.tell()}")
-            f.write(chunk.data)
-            digest.update(chunk.data)
+            data = chunk.data  # each read of a bytes field copies it (upb)
+            f.write(data)
+            digest.update(data)
     tmp.replace(out)
     return digest.hexdigest()

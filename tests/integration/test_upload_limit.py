@@ -1,9 +1,9 @@
 """`max_concurrent_uploads` against a real server process: more sites upload at once than the
-cap allows, and every upload is accepted while the server never holds more than `cap` receive
-buffers; a queued or receiving upload whose client goes away gives its place up, also when
+cap allows, and every upload is accepted while the server never receives more than `cap` at
+once; a queued or receiving upload whose client goes away gives its place up, also when
 the client freezes without closing its connection (the server's keepalive pings find it).
 
-The server logs each new high-water mark of receive buffers held at once; the tests read it
+The server logs each new high-water mark of upload slots held at once; the tests read it
 from the process's log, the same line an operator sees."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from tests.helpers import blake3_hex, download
 pytestmark = pytest.mark.integration
 
 ELEMENTS = 1_000_000  # 4 MB per upload: long enough on loopback that released uploads overlap
-_HIGH_WATER = re.compile(r"uploads: (\d+) receive buffer\(s\) held at once")
-_QUEUED = re.compile(r"uploads: (site-\w+) queues for a receive buffer")
+_HIGH_WATER = re.compile(r"uploads: (\d+) slot\(s\) held at once")
+_QUEUED = re.compile(r"uploads: (site-\w+) queues for a slot")
 
 
 @dataclass
@@ -187,13 +187,13 @@ def test_a_client_that_goes_away_frees_its_place(
         release.wait(60)
 
     held = a.stub.Submit.future(stalled(), timeout=60)
-    wait_for_log(server, r"uploads: site-a receives into a buffer")
+    wait_for_log(server, r"uploads: site-a takes a slot")
     queued_b = b.stub.Submit.future(iter(messages("site-b", tasks["site-b"], blob)), timeout=60)
-    wait_for_log(server, r"uploads: site-b queues for a receive buffer")
+    wait_for_log(server, r"uploads: site-b queues for a slot")
     queued_b.cancel()
     with ThreadPoolExecutor(1) as pool:
         reply_c = pool.submit(submit, c, tasks["site-c"], blob, pb.PAYLOAD_KIND_DELTA)
-        wait_for_log(server, r"uploads: site-c queues for a receive buffer")
+        wait_for_log(server, r"uploads: site-c queues for a slot")
         time.sleep(1.0)  # site-c stays queued while site-a holds the buffer
         assert not reply_c.done()
         held.cancel()
@@ -252,7 +252,7 @@ def test_a_site_that_vanishes_mid_upload_frees_its_place(
     )
     try:
         assert stalled.stdout is not None and stalled.stdout.readline() == b"SENT\n"
-        wait_for_log(server, r"uploads: site-a receives into a buffer")
+        wait_for_log(server, r"uploads: site-a takes a slot")
         stalled.send_signal(signal.SIGSTOP)
         began = time.monotonic()
         reply = submit(b, tasks["site-b"], blob, pb.PAYLOAD_KIND_DELTA)

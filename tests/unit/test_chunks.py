@@ -178,8 +178,8 @@ def test_negative_size_is_refused() -> None:
 
 
 def test_assembled_blob_parses_into_writable_views() -> None:
-    """The server folds an owned upload in place, so its tensors must be writable views into
-    the receive buffer, not copies."""
+    """A site parses the global model it downloaded in place: writable views into the
+    receive buffer, not copies."""
     blob = to_safetensors({"w": np.arange(1000, dtype=np.float32)})
     asm = BlobAssembler(len(blob), blake3_hex(blob), max_chunk=CHUNK)
     for offset, data in iter_buffer_chunks(blob, chunk_size=CHUNK):

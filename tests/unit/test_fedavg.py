@@ -172,10 +172,10 @@ def test_unknown_strategy_lists_known_names() -> None:
         assert name in str(info.value)
 
 
-def test_large_tensors_fold_alike_whoever_owns_the_buffer() -> None:
+def test_large_tensors_fold_by_axpy_alike_from_writable_or_read_only_views() -> None:
     """Tensors of 32,768 elements or more are folded by BLAS axpy: the weighted mean of a
-    float64 reference to float32 rounding, and bit for bit the same whether the upload's
-    buffer is handed over (a fresh upload) or read-only (a memory map of the journal)."""
+    float64 reference to float32 rounding, bit for bit the same whether the upload's
+    tensors are writable or read-only (the memory map of its journal file)."""
     rng = np.random.default_rng(0)
     size = 100_003  # odd: the kernel's vector body and its scalar tail both count
     base = rng.standard_normal(size).astype(np.float32)
@@ -185,16 +185,17 @@ def test_large_tensors_fold_alike_whoever_owns_the_buffer() -> None:
         n * d.astype(np.float64) for n, d in zip(examples, deltas, strict=True)
     ) / sum(examples)
 
-    def run(owned: bool) -> np.ndarray:
+    def run(writable: bool) -> np.ndarray:
         strategy = FedAvg()
         strategy.begin({"x": base.copy()}, CONTEXT)
         for site, n, delta in zip("abc", examples, deltas, strict=True):
             tensor = delta.copy()
-            tensor.flags.writeable = owned
-            strategy.accept(Update(site, n, {"x": tensor}, owned=owned))
+            tensor.flags.writeable = writable
+            strategy.accept(Update(site, n, {"x": tensor}))
+            assert tensor.tobytes() == delta.tobytes()  # the upload is never changed
         return strategy.finish()["x"]
 
-    fresh, mapped = run(owned=True), run(owned=False)
+    fresh, mapped = run(writable=True), run(writable=False)
     assert fresh.tobytes() == mapped.tobytes()
     np.testing.assert_allclose(fresh, expected, rtol=0, atol=2e-6)
 

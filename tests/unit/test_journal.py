@@ -101,6 +101,8 @@ def test_a_staged_blob_holds_every_byte_written_in_pieces(tmp_path: Path) -> Non
     staged = journal.open_stage()
     for start in range(0, len(data), 1_000_003):
         staged.write(memoryview(data)[start : start + 1_000_003])
+    view = staged.mapped()  # what the server parses: the file's bytes, no copy of its own
+    assert view.readonly and bytes(view) == data
     path = staged.finish()
     assert path.parent == journal.path and path.name.startswith(".staged-")
     assert path.read_bytes() == data
@@ -113,8 +115,11 @@ def test_a_staged_blob_holds_every_byte_written_in_pieces(tmp_path: Path) -> Non
 def test_a_discarded_staged_blob_leaves_nothing(tmp_path: Path) -> None:
     journal = RoundJournal.create(tmp_path, 3, PLAN)
     staged = journal.open_stage()
+    assert bytes(staged.mapped()) == b""  # nothing written yet: nothing to map
     staged.write(b"half an upload")
+    view = staged.mapped()
     staged.discard()
+    assert bytes(view) == b"half an upload"  # a map holds the file, not its name
     assert sorted(p.name for p in journal.path.iterdir()) == ["round.json"]
     (recovered,) = RoundJournal.recover(tmp_path)
     assert recovered.entries == {}

@@ -56,19 +56,11 @@ def _anonymous_memory(size: int) -> memoryview:
     return memoryview(memory)
 
 
-class BlobAssembler:
-    """Reassembles in-order chunks into one preallocated buffer and checks the digest.
+class ChunkChecker:
+    """Checks in-order chunks against a declared size and digest, keeping none of them.
 
-    The buffer is allocated once from the declared size (after the caller has
-    capped it), so a hostile sender cannot make us grow memory chunk by chunk.
-
-    It is an anonymous memory map of its own: nothing zero-fills it up front (the kernel maps
-    pages in as the chunks arrive, and every byte is written before `finish` hands it out), and
-    freeing it gives the memory back to the system at once. A malloc'd buffer of this size
-    would, after the first, come from the allocator's per-thread arenas, which keep freed
-    payloads mapped: the RSS of a server receiving on many threads would creep up to many
-    payloads however few it holds at once.
-    """
+    The server writes each chunk straight to the journal and reads the blob back from there
+    (a memory map of the same page cache), so it needs no buffer of its own."""
 
     def __init__(self, size: int, digest: str, *, max_chunk: int = 4 * CHUNK_SIZE) -> None:
         if size < 0:
@@ -76,7 +68,6 @@ class BlobAssembler:
         self.size = size
         self.expected_digest = digest.lower()
         self.max_chunk = max_chunk
-        self.buffer = _anonymous_memory(size)
         self.received = 0
         self._hash = hasher()
 
@@ -93,11 +84,10 @@ class BlobAssembler:
         end = offset + len(data)
         if end > self.size:
             raise invalid(f"chunk ends at byte {end}, past the declared size {self.size}")
-        self.buffer[offset:end] = data
         self._hash.update(data)
         self.received = end
 
-    def finish(self) -> memoryview:
+    def finish(self) -> None:
         if self.received != self.size:
             raise invalid(f"stream ended after {self.received} of {self.size} bytes (truncated)")
         actual = self._hash.hexdigest()
@@ -106,4 +96,34 @@ class BlobAssembler:
                 grpc.StatusCode.DATA_LOSS,
                 f"digest mismatch: declared {self.expected_digest}, got {actual}",
             )
+
+
+class BlobAssembler:
+    """Reassembles in-order chunks into one preallocated buffer and checks the digest.
+
+    The buffer is allocated once from the declared size (after the caller has
+    capped it), so a hostile sender cannot make us grow memory chunk by chunk.
+
+    It is an anonymous memory map of its own: nothing zero-fills it up front (the kernel maps
+    pages in as the chunks arrive, and every byte is written before `finish` hands it out), and
+    freeing it gives the memory back to the system at once. A malloc'd buffer of this size
+    would, after the first, come from the allocator's per-thread arenas, which keep freed
+    payloads mapped: the RSS of a process receiving on many threads would creep up to many
+    payloads however few it holds at once.
+    """
+
+    def __init__(self, size: int, digest: str, *, max_chunk: int = 4 * CHUNK_SIZE) -> None:
+        self._checker = ChunkChecker(size, digest, max_chunk=max_chunk)
+        self.buffer = _anonymous_memory(size)
+
+    @property
+    def received(self) -> int:
+        return self._checker.received
+
+    def add(self, offset: int, data: bytes | memoryview) -> None:
+        self._checker.add(offset, data)  # first: nothing lands outside the buffer
+        self.buffer[offset : offset + len(data)] = data
+
+    def finish(self) -> memoryview:
+        self._checker.finish()
         return self.buffer

@@ -57,7 +57,7 @@ def start(config: ServerConfig) -> RunningServer:
             ("grpc.max_receive_message_length", max_chunk + 64 * 1024),
             ("grpc.so_reuseport", 0),
             # a fixed 1 MiB receive window per stream instead of one that grows with the
-            # measured bandwidth-delay product: an upload queued for a receive buffer
+            # measured bandwidth-delay product: an upload queued for a slot
             # (max_concurrent_uploads) then holds about a window in gRPC's buffers, not many
             # MB, and 1 MiB per round trip still outruns a site's uplink at 50 ms
             ("grpc.http2.bdp_probe", 0),

@@ -440,7 +440,6 @@ class Orchestrator:
                 tensors,
                 header.local_steps,
                 dict(header.metrics),
-                owned=True,  # views into this Submit's receive buffer, used nowhere else
             )
             self._fold_ready(round_, fresh=fresh)
             site = self.registry.sites[header.site_id]

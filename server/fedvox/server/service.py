@@ -18,7 +18,7 @@ from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.chunks import BlobAssembler, iter_file_chunks
+from fedvox.wire.chunks import ChunkChecker, iter_file_chunks
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors
 
@@ -72,11 +72,12 @@ def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[pb
 
 
 class UploadSlots:
-    """At most `cap` Submits hold a receive buffer at once (0: no cap), served first come first.
+    """At most `cap` Submits are received at once (0: no cap), served first come first.
 
     A queued stream reads nothing more, so its client is held back by gRPC's flow-control
-    window instead of filling our memory: peak memory is about `cap` payloads plus a stream
-    window per queued upload, however many sites upload together. The most ever held is logged
+    window instead of filling our memory: peak memory is about `cap` payloads (each upload's
+    journal file, mapped while it is checked and folded) plus a stream window per queued
+    upload, however many sites upload together. The most ever held is logged
     as it rises, so that an operator (and the tests) can see the cap hold."""
 
     def __init__(self, cap: int) -> None:
@@ -88,7 +89,7 @@ class UploadSlots:
 
     @contextmanager
     def hold(self, context: grpc.ServicerContext, site: str) -> Iterator[bool]:
-        """Hold a buffer's place for the block; yields whether the upload had to queue."""
+        """Hold a slot for the block; yields whether the upload had to queue."""
         queued = self._acquire(context, site)
         try:
             yield queued
@@ -105,7 +106,7 @@ class UploadSlots:
                 queued = self._full(token)
                 if queued:
                     log.info(
-                        "uploads: %s queues for a receive buffer (%d of %d held, %d waiting)",
+                        "uploads: %s queues for a slot (%d of %d held, %d waiting)",
                         site,
                         self.held,
                         self.cap,
@@ -122,7 +123,7 @@ class UploadSlots:
                 self._cond.notify_all()  # the next in line may now be at the head
             self.held += 1
             log.info(
-                "uploads: %s receives into a buffer (%d of %s held)",
+                "uploads: %s takes a slot (%d of %s held)",
                 site,
                 self.held,
                 self.cap or "no cap",
@@ -130,7 +131,7 @@ class UploadSlots:
             if self.held > self.high_water:
                 self.high_water = self.held
                 log.info(
-                    "uploads: %d receive buffer(s) held at once, the most so far (cap %s)",
+                    "uploads: %d slot(s) held at once, the most so far (cap %s)",
                     self.held,
                     self.cap or "none",
                 )
@@ -197,7 +198,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
         replay = self._replay(header)  # also refuses a bad header before the upload queues
         if replay is not None:
             return replay
-        # an evaluation result has no blob, so it needs no buffer and never queues
+        # an evaluation result has no blob, so it needs no slot and never queues
         slot = (
             nullcontext(False)
             if header.payload is Payload.NONE
@@ -213,7 +214,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
             try:
                 blob, tensors = self._receive(header, request_iterator, staged)
                 counted = self.orch.accept(header, tensors, staged)
-                del blob, tensors  # the slot is free only once this buffer is
+                del blob, tensors  # the slot is free only once this map is
             finally:
                 if staged is not None:
                     staged.discard()  # a no-op once the result counted
@@ -237,16 +238,19 @@ class FederationService(pb_grpc.FederationServiceServicer):
             if next(messages, None) is not None:
                 raise invalid("an evaluation result carries no chunks")
             return memoryview(b""), {}
-        assembler = BlobAssembler(header.size, header.digest, max_chunk=self.max_chunk_bytes)
+        checker = ChunkChecker(header.size, header.digest, max_chunk=self.max_chunk_bytes)
         for message in messages:
             if not message.HasField("chunk"):
                 raise invalid("only chunks may follow the Submit header")
-            assembler.add(message.chunk.offset, message.chunk.data)
+            chunk = message.chunk
+            data = chunk.data  # each read of a bytes field copies it (upb)
+            checker.add(chunk.offset, data)
             try:
-                staged.write(message.chunk.data)
+                staged.write(data)
             except OSError as exc:
                 raise self.orch.journal_failed(header, exc) from None
-        blob = assembler.finish()  # a transport failure here leaves the task open for a retry
+        checker.finish()  # a transport failure here leaves the task open for a retry
+        blob = staged.mapped()
         try:
             tensors = parse_safetensors(blob)
             check_finite(tensors)

@@ -42,9 +42,6 @@ class Update:
     tensors: StateDict  # deltas: local weights minus the round's global weights (+ extras)
     local_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    # True when `tensors` are writable views into a buffer nobody else uses (the Submit's
-    # receive buffer): a scheme may then scale them in place and keep them as its sums
-    owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,14 +149,12 @@ def weighted_delta_sums(
     sums: dict[str, np.ndarray] = {}
     total = 0.0
     for update in updates:
-        fold(sums, update.tensors, float(update.num_examples), reuse=update.owned)
+        fold(sums, update.tensors, float(update.num_examples))
         total += update.num_examples
     return sums, total
 
 
-def fold(
-    sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: float, *, reuse: bool = False
-) -> None:
+def fold(sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: float) -> None:
     """sums[k] += weight * tensors[k].
 
     Sums keep the tensor's own float width (one model's worth of memory); integer
@@ -169,16 +164,8 @@ def fold(
     for name, value in tensors.items():
         acc = sums.get(name)
         if acc is not None and _axpy(acc, value, weight):
-            continue  # one fused pass, whoever owns the buffer: the same rounding either way
-        if reuse and value.dtype.kind == "f" and value.flags.writeable:
-            # `reuse`: the caller hands the buffer over. Scale it in place (no temporary)
-            # and, for the first update, keep it as the sum (no second model in memory).
-            np.multiply(value, value.dtype.type(weight), out=value)
-            if acc is None:
-                sums[name] = value
-            else:
-                acc += value
-        elif acc is None:
+            continue  # one fused pass over each array
+        if acc is None:
             dtype = value.dtype if value.dtype.kind == "f" else np.dtype(np.float64)
             out = np.empty(value.shape, dtype=dtype)  # an array even for 0-d tensors
             sums[name] = np.multiply(value, dtype.type(weight), out=out, dtype=dtype)

@@ -38,7 +38,7 @@ class FedAvg(StreamingStrategy):
 
     def accept(self, update: Update) -> None:
         if update.num_examples > 0:
-            fold(self._sums, update.tensors, float(update.num_examples), reuse=update.owned)
+            fold(self._sums, update.tensors, float(update.num_examples))
             self._weight += update.num_examples
 
     def mean_delta(self) -> dict[str, np.ndarray]:

@@ -29,12 +29,7 @@ class FedNova(FedAvg):
     def accept(self, update: Update) -> None:
         if update.num_examples <= 0 or update.local_steps <= 0:
             return  # no steps: nothing to normalise (and nothing learned)
-        fold(
-            self._sums,
-            update.tensors,
-            update.num_examples / update.local_steps,
-            reuse=update.owned,
-        )
+        fold(self._sums, update.tensors, update.num_examples / update.local_steps)
         self._weight += update.num_examples
         self._steps_weight += update.num_examples * update.local_steps
 

@@ -72,7 +72,7 @@ class Scaffold(StreamingStrategy):
 
     def accept(self, update: Update) -> None:
         # the paper's plain mean over sites
-        fold(self._sums, update.tensors, 1.0, reuse=update.owned)
+        fold(self._sums, update.tensors, 1.0)
         self._count += 1
 
     def finish(self) -> StateDict:
