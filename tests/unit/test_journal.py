@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedvox.server.journal import RoundJournal, SpilledUpdateSet
 from fedvox.wire.tensors import to_safetensors
@@ -123,3 +124,15 @@ def test_a_discarded_staged_blob_leaves_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in journal.path.iterdir()) == ["round.json"]
     (recovered,) = RoundJournal.recover(tmp_path)
     assert recovered.entries == {}
+
+
+def test_a_staged_blob_reserves_its_size_and_a_full_disk_refuses_it_at_once(
+    tmp_path: Path,
+) -> None:
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    staged = journal.open_stage(3 * 4096)
+    assert staged.path.stat().st_blocks * 512 >= 3 * 4096  # allocated before any write
+    staged.discard()
+    with pytest.raises(OSError):  # more than any disk holds: refused before the first chunk
+        journal.open_stage(1 << 60)
+    assert sorted(p.name for p in journal.path.iterdir()) == ["round.json"]

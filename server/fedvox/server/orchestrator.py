@@ -379,7 +379,7 @@ class Orchestrator:
             assert self.open is not None
             journal = self.open.journal
         try:
-            return journal.open_stage()
+            return journal.open_stage(header.size)
         except OSError as exc:
             raise self.journal_failed(header, exc) from None
 
