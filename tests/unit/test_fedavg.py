@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fedvox.server import strategies
-from fedvox.server.strategies import RoundContext, Update
-from fedvox.server.strategies.base import _axpy
+from fedvox.server.strategies import RoundContext, Update, base
+from fedvox.server.strategies.base import _axpy, zero_sums
 from fedvox.server.strategies.fedavg import FedAvg
-from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
+from fedvox.wire.tensors import StateDict, parse_safetensors, schema_of, write_safetensors
 from tests.helpers import f32
 
 CONTEXT = RoundContext(round=1, sampled=("a", "b", "c"), total_sites=3)
@@ -208,3 +208,29 @@ def test_axpy_adds_the_scaled_update_in_place() -> None:
     small = np.zeros(3, dtype=np.float32)
     assert not _axpy(small, np.ones(3, dtype=np.float32), 1.0)  # numpy's job
     assert small.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_sums_start_as_written_zeros_and_fold_exactly_as_a_first_scaling() -> None:
+    """FedAvg allocates its sums when the round begins (the upload's map cannot become them);
+    a first fold into those zeros equals scaling the update, bit for bit."""
+    rng = np.random.default_rng(1)
+    update: StateDict = {
+        "big": rng.standard_normal(50_000).astype(np.float32),  # BLAS axpy
+        "small": rng.standard_normal(7).astype(np.float32),  # numpy
+        "n": np.array([3, 5], dtype=np.int64),  # a counter: summed in float64
+    }
+    sums = zero_sums(schema_of(update))
+    assert {k: (v.dtype, v.shape) for k, v in sums.items()} == {
+        "big": (np.dtype(np.float32), (50_000,)),
+        "small": (np.dtype(np.float32), (7,)),
+        "n": (np.dtype(np.float64), (2,)),
+    }
+    assert not any(v.any() for v in sums.values())
+    scaled: dict[str, np.ndarray] = {}
+    base.fold(scaled, update, 0.3712345)  # no sums yet: each tensor is scaled into a new one
+    base.fold(sums, update, 0.3712345)
+    for name, value in scaled.items():
+        assert sums[name].tobytes() == value.tobytes(), name
+    strategy = FedAvg()
+    strategy.begin(global_weights(), CONTEXT)
+    assert sorted(strategy._sums) == ["b", "n", "w"] and not strategy._sums["w"].any()

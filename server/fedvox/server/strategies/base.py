@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from scipy.linalg import blas
 
-from fedvox.wire.tensors import Array, Schema, StateDict, TensorSpec
+from fedvox.wire.tensors import DTYPES, Array, Schema, StateDict, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,20 @@ def weighted_delta_sums(
         fold(sums, update.tensors, float(update.num_examples))
         total += update.num_examples
     return sums, total
+
+
+def zero_sums(schema: Schema) -> dict[str, np.ndarray]:
+    """Running sums for `schema`, zero and already written, with `fold`'s widths.
+
+    A scheme allocates them when its round begins: the server folds each upload from a
+    read-only map of its journal file, so none can become the sum, and sums allocated by the
+    first fold would be written while that upload's pages are mapped, doubling its memory.
+    Folding into zeros rounds exactly as scaling does (0 + w*x is w*x)."""
+    sums = {}
+    for name, spec in schema.items():
+        dtype = DTYPES[spec.dtype] if DTYPES[spec.dtype].kind == "f" else np.dtype(np.float64)
+        sums[name] = np.full(spec.shape, 0, dtype=dtype)  # written: resident before any upload
+    return sums
 
 
 def fold(sums: dict[str, np.ndarray], tensors: Mapping[str, Array], weight: float) -> None:

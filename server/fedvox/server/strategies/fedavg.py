@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fedvox.server.strategies.base import StreamingStrategy, Update, apply_step, fold
-from fedvox.wire.tensors import StateDict
+from fedvox.server.strategies.base import StreamingStrategy, Update, apply_step, fold, zero_sums
+from fedvox.wire.tensors import StateDict, schema_of
 
 
 class FedAvg(StreamingStrategy):
@@ -34,7 +34,8 @@ class FedAvg(StreamingStrategy):
 
     def begin(self, global_weights: StateDict, context: Any) -> None:
         super().begin(global_weights, context)
-        self._sums, self._weight = {}, 0.0
+        schema = schema_of(global_weights)
+        self._sums, self._weight = zero_sums({**schema, **self.upload_extras(schema)}), 0.0
 
     def accept(self, update: Update) -> None:
         if update.num_examples > 0:
