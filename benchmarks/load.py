@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{last.upload_seconds:.1f}s ({last.aggregate_mbps:.0f} MB/s), server RSS "
                 f"{last.rss_baseline_bytes / MB:.0f} -> {last.rss_peak_upload_bytes / MB:.0f} MB "
                 f"(uploads), {last.rss_peak_round_bytes / MB:.0f} MB (through the checkpoint), "
-                f"{last.buffers_high_water} buffers at most",
+                f"{last.buffers_high_water} upload slots at most",
                 file=sys.stderr,
             )
     if not args.workdir:

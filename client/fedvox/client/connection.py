@@ -13,6 +13,7 @@ import grpc
 from fedvox.tls import TlsFiles, open_channel
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
+from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, encode_submit
 from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ class Connection:
         self.max_backoff_s = max_backoff_s
         self.channel = open_channel(address, tls, _OPTIONS)
         self.stub = pb_grpc.FederationServiceStub(self.channel)
+        # Submit with chunks encoded straight from the blob (fedvox.wire.chunk_messages)
+        self.submit_call = self.channel.stream_unary(
+            SUBMIT_METHOD,
+            request_serializer=encode_submit,
+            response_deserializer=pb.SubmitResponse.FromString,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -117,11 +124,11 @@ class Connection:
     def submit(self, header: pb.SubmitHeader, blob: bytes) -> pb.SubmitResponse:
         """Upload a result; safe to retry because the server accepts a task's result once."""
 
-        def messages() -> Iterator[pb.SubmitRequest]:
+        def messages() -> Iterator[pb.SubmitRequest | Chunk]:
             yield pb.SubmitRequest(header=header)
             for offset, data in iter_buffer_chunks(blob):
-                yield pb.SubmitRequest(chunk=pb.SubmitChunk(offset=offset, data=bytes(data)))
+                yield Chunk(offset, data)
 
         return self.retrying(
-            f"submit {header.task_id[:8]}", lambda: self.stub.Submit(messages(), timeout=600)
+            f"submit {header.task_id[:8]}", lambda: self.submit_call(messages(), timeout=600)
         )

@@ -18,6 +18,7 @@ from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
+from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, as_chunk, decode_submit
 from fedvox.wire.chunks import ChunkChecker, iter_file_chunks
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors
@@ -69,6 +70,27 @@ def _stream_errors(method: F) -> F:
 def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[pb.DownloadResponse]:
     for offset, data in path_chunks:
         yield pb.DownloadResponse(offset=offset, data=data, total_size=total)
+
+
+class ChunkDecoding(grpc.ServerInterceptor):
+    """Has Submit's messages decoded by `decode_submit`: a chunk arrives as a view into gRPC's
+    message instead of protobuf's copies of it (fedvox.wire.chunk_messages)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.stream_unary is None:
+            return handler
+        if handler_call_details.method != SUBMIT_METHOD:  # the other methods: protobuf alone
+            return handler
+        return grpc.stream_unary_rpc_method_handler(
+            handler.stream_unary,
+            request_deserializer=decode_submit,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class UploadSlots:
@@ -188,10 +210,10 @@ class FederationService(pb_grpc.FederationServiceServicer):
 
     @_rpc_errors
     def Submit(
-        self, request_iterator: Iterator[pb.SubmitRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.SubmitRequest | Chunk], context: grpc.ServicerContext
     ) -> pb.SubmitResponse:
         first = next(request_iterator, None)
-        if first is None or not first.HasField("header"):
+        if not isinstance(first, pb.SubmitRequest) or not first.HasField("header"):
             raise invalid("the first Submit message must be a header")
         header = _header_from_pb(first.header)
         require_site(context, header.site_id)
@@ -232,7 +254,10 @@ class FederationService(pb_grpc.FederationServiceServicer):
         )
 
     def _receive(
-        self, header: ResultHeader, messages: Iterator[pb.SubmitRequest], staged: StagedBlob | None
+        self,
+        header: ResultHeader,
+        messages: Iterator[pb.SubmitRequest | Chunk],
+        staged: StagedBlob | None,
     ) -> tuple[memoryview, StateDict]:
         if staged is None:  # an evaluation result (Payload.NONE) carries no blob
             if next(messages, None) is not None:
@@ -240,13 +265,12 @@ class FederationService(pb_grpc.FederationServiceServicer):
             return memoryview(b""), {}
         checker = ChunkChecker(header.size, header.digest, max_chunk=self.max_chunk_bytes)
         for message in messages:
-            if not message.HasField("chunk"):
+            chunk = as_chunk(message)
+            if chunk is None:
                 raise invalid("only chunks may follow the Submit header")
-            chunk = message.chunk
-            data = chunk.data  # each read of a bytes field copies it (upb)
-            checker.add(chunk.offset, data)
+            checker.add(chunk.offset, chunk.data)
             try:
-                staged.write(data)
+                staged.write(chunk.data)
             except OSError as exc:
                 raise self.orch.journal_failed(header, exc) from None
         checker.finish()  # a transport failure here leaves the task open for a retry

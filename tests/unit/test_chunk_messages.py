@@ -1,0 +1,125 @@
+"""Submit's chunk messages without protobuf's copies (fedvox.wire.chunk_messages): the same
+bytes as protobuf on the way out, the same meaning as protobuf on the way in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+
+from fedvox.server.service import ChunkDecoding
+from fedvox.v1 import federation_pb2 as pb
+from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, as_chunk, decode_submit, encode_submit
+
+OFFSETS = [0, 1, 127, 128, 300, 1 << 20, 1 << 40, (1 << 63) - 1]
+SIZES = [0, 1, 127, 128, 16_384, 1 << 20]
+
+
+def protobuf_bytes(offset: int, data: bytes) -> bytes:
+    return pb.SubmitRequest(chunk=pb.SubmitChunk(offset=offset, data=data)).SerializeToString()
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("size", SIZES)
+def test_a_chunk_is_encoded_as_protobuf_encodes_it_and_decoded_back(offset: int, size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    raw = encode_submit(Chunk(offset, memoryview(data)))
+    assert raw == protobuf_bytes(offset, data)
+    decoded = decode_submit(raw)
+    assert isinstance(decoded, Chunk)  # the fast path took it
+    assert decoded.offset == offset and bytes(decoded.data) == data
+
+
+def test_the_decoded_data_is_a_view_into_the_message_not_a_copy() -> None:
+    raw = protobuf_bytes(4096, b"x" * 1000)
+    decoded = decode_submit(raw)
+    assert isinstance(decoded, Chunk) and isinstance(decoded.data, memoryview)
+    assert decoded.data.obj is raw
+
+
+def test_a_header_is_left_to_protobuf_both_ways() -> None:
+    header = pb.SubmitRequest(header=pb.SubmitHeader(site_id="site-a", size=5, digest="ab"))
+    raw = encode_submit(header)
+    assert raw == header.SerializeToString()
+    decoded = decode_submit(raw)
+    assert isinstance(decoded, pb.SubmitRequest) and decoded == header
+    assert as_chunk(decoded) is None
+
+
+def test_a_negative_offset_goes_through_protobuf_and_keeps_its_meaning() -> None:
+    raw = encode_submit(Chunk(-5, b"abc"))
+    assert raw == protobuf_bytes(-5, b"abc")
+    decoded = decode_submit(raw)
+    assert isinstance(decoded, pb.SubmitRequest)
+    assert as_chunk(decoded) == Chunk(-5, b"abc")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # data before offset: valid protobuf, not the canonical order
+        bytes([0x12, 7, 0x12, 3]) + b"abc" + bytes([0x08, 0x05]),
+        # an unknown field after the data
+        bytes([0x12, 7, 0x08, 0x05, 0x12, 3]) + b"abc" + bytes([0x18, 0x01]),
+        # the offset twice: protobuf keeps the last one
+        bytes([0x12, 11, 0x08, 0x05, 0x08, 0x09, 0x12, 3]) + b"abc" + bytes([0x08, 0x07]),
+        # an empty data field written out, and an offset of zero written out
+        bytes([0x12, 4, 0x08, 0x00, 0x12, 0x00]),
+        # a chunk field twice in the outer message: protobuf merges them
+        bytes([0x12, 2, 0x08, 0x05, 0x12, 5, 0x12, 3]) + b"abc",
+    ],
+)
+def test_any_other_form_of_a_chunk_means_what_protobuf_says(raw: bytes) -> None:
+    expected = pb.SubmitRequest.FromString(raw)
+    decoded = decode_submit(raw)
+    assert isinstance(decoded, pb.SubmitRequest)
+    assert as_chunk(decoded) == Chunk(expected.chunk.offset, expected.chunk.data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([0x12, 9, 0x08, 0x05, 0x12, 3]) + b"abc",  # the outer length runs past the end
+        bytes([0x12, 5, 0x08, 0x05, 0x12, 9]) + b"abc",  # the data length runs past the end
+        bytes([0x12, 0x80]),  # a truncated varint
+        b"\xff\xff\xff",
+    ],
+)
+def test_malformed_bytes_are_refused_as_protobuf_refuses_them(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        pb.SubmitRequest.FromString(raw)
+    with pytest.raises(DecodeError):
+        decode_submit(raw)
+
+
+def test_the_server_decodes_submit_alone_with_decode_submit() -> None:
+    def behaviour(requests: object, context: object) -> None:
+        return None
+
+    def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.stream_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=pb.SubmitRequest.FromString,
+            response_serializer=pb.SubmitResponse.SerializeToString,
+        )
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    submit = ChunkDecoding().intercept_service(continuation, Details(SUBMIT_METHOD))
+    assert submit is not None and submit.request_deserializer is decode_submit
+    assert submit.stream_unary is behaviour
+    assert submit.response_serializer == pb.SubmitResponse.SerializeToString
+    other = ChunkDecoding().intercept_service(
+        continuation, Details("/fedvox.v1.FederationService/Heartbeat")
+    )
+    assert other is not None and other.request_deserializer == pb.SubmitRequest.FromString
+
+
+def test_submit_method_is_the_path_grpc_gives_the_rpc() -> None:
+    method = pb.DESCRIPTOR.services_by_name["FederationService"].methods_by_name["Submit"]
+    assert f"/{method.containing_service.full_name}/{method.name}" == SUBMIT_METHOD
