@@ -3,15 +3,26 @@ bytes as protobuf on the way out, the same meaning as protobuf on the way in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
 
-from fedvox.server.service import ChunkDecoding
+from fedvox.server.service import ChunkMessages
 from fedvox.v1 import federation_pb2 as pb
-from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, as_chunk, decode_submit, encode_submit
+from fedvox.wire.chunk_messages import (
+    DOWNLOAD_METHODS,
+    SUBMIT_METHOD,
+    Chunk,
+    as_chunk,
+    decode_download,
+    decode_submit,
+    download_chunk,
+    encode_download,
+    encode_submit,
+)
 
 OFFSETS = [0, 1, 127, 128, 300, 1 << 20, 1 << 40, (1 << 63) - 1]
 SIZES = [0, 1, 127, 128, 16_384, 1 << 20]
@@ -94,7 +105,7 @@ def test_malformed_bytes_are_refused_as_protobuf_refuses_them(raw: bytes) -> Non
         decode_submit(raw)
 
 
-def test_the_server_decodes_submit_alone_with_decode_submit() -> None:
+def test_the_server_decodes_submit_and_encodes_downloads_and_leaves_the_rest() -> None:
     def behaviour(requests: object, context: object) -> None:
         return None
 
@@ -110,16 +121,87 @@ def test_the_server_decodes_submit_alone_with_decode_submit() -> None:
             self.method = method
             self.invocation_metadata = ()
 
-    submit = ChunkDecoding().intercept_service(continuation, Details(SUBMIT_METHOD))
+    def streaming(request: object, context: object) -> Iterator[Any]:
+        yield from ()
+
+    def downloads(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming,
+            request_deserializer=pb.DownloadRequest.FromString,
+            response_serializer=pb.DownloadResponse.SerializeToString,
+        )
+
+    for method in DOWNLOAD_METHODS:
+        download = ChunkMessages().intercept_service(downloads, Details(method))
+        assert download is not None and download.response_serializer is encode_download
+        assert download.request_deserializer == pb.DownloadRequest.FromString
+        assert download.unary_stream is streaming
+    submit = ChunkMessages().intercept_service(continuation, Details(SUBMIT_METHOD))
     assert submit is not None and submit.request_deserializer is decode_submit
     assert submit.stream_unary is behaviour
     assert submit.response_serializer == pb.SubmitResponse.SerializeToString
-    other = ChunkDecoding().intercept_service(
+    other = ChunkMessages().intercept_service(
         continuation, Details("/fedvox.v1.FederationService/Heartbeat")
     )
     assert other is not None and other.request_deserializer == pb.SubmitRequest.FromString
 
 
-def test_submit_method_is_the_path_grpc_gives_the_rpc() -> None:
-    method = pb.DESCRIPTOR.services_by_name["FederationService"].methods_by_name["Submit"]
-    assert f"/{method.containing_service.full_name}/{method.name}" == SUBMIT_METHOD
+def test_the_method_paths_are_those_grpc_gives_the_rpcs() -> None:
+    def path(service: str, name: str) -> str:
+        method = pb.DESCRIPTOR.services_by_name[service].methods_by_name[name]
+        return f"/{method.containing_service.full_name}/{method.name}"
+
+    assert path("FederationService", "Submit") == SUBMIT_METHOD
+    assert (path("FederationService", "Download"), path("AdminService", "DownloadModel")) == (
+        DOWNLOAD_METHODS
+    )
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("total", [0, 1, 19_000_000, (1 << 63) - 1])
+def test_a_download_chunk_is_encoded_as_protobuf_encodes_it_and_decoded_back(
+    offset: int, size: int, total: int
+) -> None:
+    data = bytes(i % 251 for i in range(size))
+    raw = encode_download(Chunk(offset, memoryview(data), total))
+    assert (
+        raw == pb.DownloadResponse(offset=offset, data=data, total_size=total).SerializeToString()
+    )
+    decoded = decode_download(raw)
+    assert isinstance(decoded, Chunk)
+    assert (decoded.offset, bytes(decoded.data), decoded.total_size) == (offset, data, total)
+    if size:
+        assert isinstance(decoded.data, memoryview) and decoded.data.obj is raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([0x12, 3]) + b"abc" + bytes([0x08, 0x05]),  # data before offset
+        bytes([0x08, 0x05, 0x12, 3]) + b"abc" + bytes([0x18, 0x09, 0x20, 0x01]),  # unknown field
+        bytes([0x18, 0x09, 0x08, 0x05]),  # total_size before offset
+        bytes([0x08, 0x05, 0x08, 0x07]),  # the offset twice: the last one counts
+        bytes([0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # -1
+    ],
+)
+def test_any_other_download_message_means_what_protobuf_says(raw: bytes) -> None:
+    expected = pb.DownloadResponse.FromString(raw)
+    decoded = decode_download(raw)
+    assert isinstance(decoded, pb.DownloadResponse)
+    assert download_chunk(decoded) == Chunk(expected.offset, expected.data, expected.total_size)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([0x08, 0x05, 0x12, 9]) + b"abc",  # the data length runs past the end
+        bytes([0x08, 0x80]),  # a truncated varint
+        b"\xff\xff\xff",
+    ],
+)
+def test_malformed_download_bytes_are_refused_as_protobuf_refuses_them(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        pb.DownloadResponse.FromString(raw)
+    with pytest.raises(DecodeError):
+        decode_download(raw)

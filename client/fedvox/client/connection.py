@@ -13,7 +13,14 @@ import grpc
 from fedvox.tls import TlsFiles, open_channel
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, encode_submit
+from fedvox.wire.chunk_messages import (
+    DOWNLOAD_METHODS,
+    SUBMIT_METHOD,
+    Chunk,
+    decode_download,
+    download_chunk,
+    encode_submit,
+)
 from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks
 
 log = logging.getLogger(__name__)
@@ -57,11 +64,17 @@ class Connection:
         self.max_backoff_s = max_backoff_s
         self.channel = open_channel(address, tls, _OPTIONS)
         self.stub = pb_grpc.FederationServiceStub(self.channel)
-        # Submit with chunks encoded straight from the blob (fedvox.wire.chunk_messages)
+        # Submit's chunks encoded straight from the blob, Download's read as views into gRPC's
+        # messages (fedvox.wire.chunk_messages)
         self.submit_call = self.channel.stream_unary(
             SUBMIT_METHOD,
             request_serializer=encode_submit,
             response_deserializer=pb.SubmitResponse.FromString,
+        )
+        self.download_call = self.channel.unary_stream(
+            DOWNLOAD_METHODS[0],
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=decode_download,
         )
 
     def close(self) -> None:
@@ -115,7 +128,8 @@ class Connection:
             request = pb.DownloadRequest(
                 site_id=self.site_id, digest=digest, offset=assembler.received
             )
-            for chunk in self.stub.Download(request, timeout=600):
+            for message in self.download_call(request, timeout=600):
+                chunk = download_chunk(message)
                 assembler.add(chunk.offset, chunk.data)
 
         self.retrying(f"download {digest[:12]}", fetch)

@@ -1,13 +1,14 @@
-"""Submit's chunk messages, encoded and decoded without protobuf's copies of the data.
+"""The chunk messages of Submit and Download, encoded and decoded without protobuf's copies.
 
 Python's protobuf (upb) copies a `bytes` field when a message is built, when it is serialized,
-when it is parsed and again every time the field is read: four copies of every upload on top of
-gRPC's own. `encode_submit` writes a chunk message in the exact bytes protobuf would
-(`SubmitRequest{chunk: SubmitChunk{offset, data}}`, fields in number order, zero values left
-out), in one copy. `decode_submit` returns a view into gRPC's message for exactly that
-canonical form, and hands everything else (the header, other field orders, unknown fields,
-anything malformed) to protobuf, so that every message still means what protobuf says it means.
-On the wire nothing changes: any gRPC client may still upload with plain protobuf messages.
+when it is parsed and again every time the field is read: four copies of every blob on top of
+gRPC's own. The encoders write a chunk message in the exact bytes protobuf would
+(`SubmitRequest{chunk: SubmitChunk{offset, data}}` and `DownloadResponse{offset, data,
+total_size}`: fields in number order, zero values left out), in one copy. The decoders return a
+view into gRPC's message for exactly that canonical form, and hand everything else (a header,
+other field orders, unknown fields, anything malformed) to protobuf, so that every message
+still means what protobuf says it means. On the wire nothing changes: any gRPC peer may still
+send and read plain protobuf messages.
 """
 
 from __future__ import annotations
@@ -17,44 +18,74 @@ from typing import NamedTuple
 from fedvox.v1 import federation_pb2 as pb
 
 SUBMIT_METHOD = "/fedvox.v1.FederationService/Submit"
+DOWNLOAD_METHODS = (
+    "/fedvox.v1.FederationService/Download",
+    "/fedvox.v1.AdminService/DownloadModel",
+)
 
 # tags: (field number << 3) | wire type; 0 = varint, 2 = length-delimited
 _CHUNK = 2 << 3 | 2  # SubmitRequest.chunk
 _OFFSET = 1 << 3 | 0  # SubmitChunk.offset
-_DATA = 2 << 3 | 2  # SubmitChunk.data
+_DATA = 2 << 3 | 2  # SubmitChunk.data, DownloadResponse.data
+_TOTAL = 3 << 3 | 0  # DownloadResponse.total_size
 _INT64_MAX = (1 << 63) - 1
 
 
 class Chunk(NamedTuple):
-    """One chunk of an upload: `data` is the blob's bytes from `offset` on."""
+    """One chunk of a blob: `data` is its bytes from `offset` on."""
 
     offset: int
     data: bytes | memoryview
+    total_size: int = 0  # a Download's: the whole blob's size (a Submit's header carries it)
 
 
 def encode_submit(message: pb.SubmitRequest | Chunk) -> bytes:
     """gRPC's request serializer for Submit: a Chunk in protobuf's own bytes, one copy."""
-    if not isinstance(message, Chunk) or not 0 <= message.offset <= _INT64_MAX:
-        request = message if isinstance(message, pb.SubmitRequest) else _as_protobuf(message)
-        return request.SerializeToString()
-    size = len(message.data)
-    inner = bytearray()
-    if message.offset:
-        inner += bytes((_OFFSET,)) + _varint(message.offset)
-    if size:
-        inner += bytes((_DATA,)) + _varint(size)
-    return b"".join((bytes((_CHUNK,)), _varint(len(inner) + size), inner, message.data))
+    if not isinstance(message, Chunk) or not _encodable(message):
+        if isinstance(message, Chunk):
+            message = _submit_protobuf(message)
+        return message.SerializeToString()
+    fields = _fields(message)
+    size = len(fields) + len(message.data)
+    return b"".join((bytes((_CHUNK,)), _varint(size), fields, message.data))
 
 
 def decode_submit(raw: bytes) -> pb.SubmitRequest | Chunk:
     """gRPC's request deserializer for Submit: a canonical chunk message as a Chunk whose data
     is a view into `raw`, any other message parsed by protobuf (which raises on bad bytes)."""
-    chunk = _canonical_chunk(raw)
+    chunk = None
+    if raw[:1] == bytes((_CHUNK,)):
+        length, at = _read_varint(raw, 1)
+        if length is not None and at + length == len(raw):
+            chunk = _canonical(raw, at, total=False)
     return chunk if chunk is not None else pb.SubmitRequest.FromString(raw)
 
 
+def encode_download(message: pb.DownloadResponse | Chunk) -> bytes:
+    """gRPC's response serializer for Download and DownloadModel, as `encode_submit`."""
+    if not isinstance(message, Chunk) or not _encodable(message):
+        if isinstance(message, Chunk):
+            message = _download_protobuf(message)
+        return message.SerializeToString()
+    total = bytes((_TOTAL,)) + _varint(message.total_size) if message.total_size else b""
+    return b"".join((_fields(message), message.data, total))
+
+
+def decode_download(raw: bytes) -> pb.DownloadResponse | Chunk:
+    """A site's response deserializer for Download, as `decode_submit`."""
+    chunk = _canonical(raw, 0, total=True)
+    return chunk if chunk is not None else pb.DownloadResponse.FromString(raw)
+
+
+def download_chunk(message: pb.DownloadResponse | Chunk) -> Chunk:
+    """The chunk a Download message carries, however it was decoded."""
+    if isinstance(message, Chunk):
+        return message
+    return Chunk(message.offset, message.data, message.total_size)  # each field read once
+
+
 def as_chunk(message: pb.SubmitRequest | Chunk) -> Chunk | None:
-    """The chunk a Submit message carries, however it was decoded; None when it holds none."""
+    """The chunk a Submit message carries, however it was decoded; None for the header."""
     if isinstance(message, Chunk):
         return message
     if not message.HasField("chunk"):
@@ -62,26 +93,48 @@ def as_chunk(message: pb.SubmitRequest | Chunk) -> Chunk | None:
     return Chunk(message.chunk.offset, message.chunk.data)  # reads the bytes field once
 
 
-def _canonical_chunk(raw: bytes) -> Chunk | None:
-    if raw[:1] != bytes((_CHUNK,)):
+def _encodable(chunk: Chunk) -> bool:
+    return 0 <= chunk.offset <= _INT64_MAX and 0 <= chunk.total_size <= _INT64_MAX
+
+
+def _fields(chunk: Chunk) -> bytes:
+    """The offset field, and the data field's tag and length (the data itself follows)."""
+    fields = bytearray()
+    if chunk.offset:
+        fields += bytes((_OFFSET,)) + _varint(chunk.offset)
+    if len(chunk.data):
+        fields += bytes((_DATA,)) + _varint(len(chunk.data))
+    return bytes(fields)
+
+
+def _canonical(raw: bytes, at: int, *, total: bool) -> Chunk | None:
+    """The chunk in raw[at:] if it is exactly offset, data (and total_size) in canonical form."""
+    offset, at = _optional_varint(raw, at, _OFFSET)
+    if offset is None:
         return None
-    length, at = _read_varint(raw, 1)
-    if length is None or at + length != len(raw):
-        return None
-    offset = 0
-    if raw[at : at + 1] == bytes((_OFFSET,)):
-        value, at = _read_varint(raw, at + 1)
-        if value is None or not 0 < value <= _INT64_MAX:  # 0 is left out; above: negative
+    data: bytes | memoryview = b""
+    if raw[at : at + 1] == bytes((_DATA,)):
+        size, at = _read_varint(raw, at + 1)
+        if not size or at + size > len(raw):  # an empty field is left out: not canonical
             return None
-        offset = value
-    if at == len(raw):
-        return Chunk(offset, b"")
-    if raw[at : at + 1] != bytes((_DATA,)):
-        return None
-    size, at = _read_varint(raw, at + 1)
-    if not size or at + size != len(raw):  # an empty field is left out: not canonical
-        return None
-    return Chunk(offset, memoryview(raw)[at:])
+        data, at = memoryview(raw)[at : at + size], at + size
+    total_size = 0
+    if total:
+        value, at = _optional_varint(raw, at, _TOTAL)
+        if value is None:
+            return None
+        total_size = value
+    return Chunk(offset, data, total_size) if at == len(raw) else None
+
+
+def _optional_varint(raw: bytes, at: int, tag: int) -> tuple[int | None, int]:
+    """A non-zero int64 field at `at`, or 0 where it is left out; None if not canonical."""
+    if raw[at : at + 1] != bytes((tag,)):
+        return 0, at
+    value, at = _read_varint(raw, at + 1)
+    if value is None or not 0 < value <= _INT64_MAX:  # 0 is left out; above: negative
+        return None, at
+    return value, at
 
 
 def _varint(value: int) -> bytes:
@@ -104,5 +157,10 @@ def _read_varint(raw: bytes, at: int) -> tuple[int | None, int]:
     return None, at
 
 
-def _as_protobuf(chunk: Chunk) -> pb.SubmitRequest:
+def _submit_protobuf(chunk: Chunk) -> pb.SubmitRequest:
     return pb.SubmitRequest(chunk=pb.SubmitChunk(offset=chunk.offset, data=bytes(chunk.data)))
+
+
+def _download_protobuf(chunk: Chunk) -> pb.DownloadResponse:
+    data = bytes(chunk.data)
+    return pb.DownloadResponse(offset=chunk.offset, data=data, total_size=chunk.total_size)

@@ -18,7 +18,7 @@ from fedvox.server.blas import limit_blas_threads
 from fedvox.server.config import ServerConfig, server_tls
 from fedvox.server.memory import tune_malloc
 from fedvox.server.orchestrator import Orchestrator
-from fedvox.server.service import AdminService, ChunkDecoding, FederationService
+from fedvox.server.service import AdminService, ChunkMessages, FederationService
 from fedvox.server.store import Store
 from fedvox.server.strategies import create
 from fedvox.v1 import federation_pb2 as pb
@@ -53,7 +53,7 @@ def start(config: ServerConfig) -> RunningServer:
     max_chunk = config.max_chunk_kb * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[ChunkDecoding()],
+        interceptors=[ChunkMessages()],
         options=[
             ("grpc.max_receive_message_length", max_chunk + 64 * 1024),
             ("grpc.so_reuseport", 0),

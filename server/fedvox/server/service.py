@@ -18,7 +18,14 @@ from fedvox.server.orchestrator import Orchestrator
 from fedvox.server.tasks import Payload, ResultHeader, Task, TaskKind
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.chunk_messages import SUBMIT_METHOD, Chunk, as_chunk, decode_submit
+from fedvox.wire.chunk_messages import (
+    DOWNLOAD_METHODS,
+    SUBMIT_METHOD,
+    Chunk,
+    as_chunk,
+    decode_submit,
+    encode_download,
+)
 from fedvox.wire.chunks import ChunkChecker, iter_file_chunks
 from fedvox.wire.errors import WireError, invalid
 from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors
@@ -67,14 +74,15 @@ def _stream_errors(method: F) -> F:
     return stream  # type: ignore[return-value]
 
 
-def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[pb.DownloadResponse]:
+def _chunks(path_chunks: Iterator[tuple[int, bytes]], total: int) -> Iterator[Chunk]:
     for offset, data in path_chunks:
-        yield pb.DownloadResponse(offset=offset, data=data, total_size=total)
+        yield Chunk(offset, data, total)  # encoded by `ChunkMessages`
 
 
-class ChunkDecoding(grpc.ServerInterceptor):
-    """Has Submit's messages decoded by `decode_submit`: a chunk arrives as a view into gRPC's
-    message instead of protobuf's copies of it (fedvox.wire.chunk_messages)."""
+class ChunkMessages(grpc.ServerInterceptor):
+    """Has Submit's messages decoded by `decode_submit`, a chunk arriving as a view into gRPC's
+    message, and the Downloads' chunks encoded by `encode_download`, instead of protobuf and
+    its copies (fedvox.wire.chunk_messages)."""
 
     def intercept_service(
         self,
@@ -82,15 +90,22 @@ class ChunkDecoding(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler.stream_unary is None:
+        method = handler_call_details.method
+        if handler is None:
             return handler
-        if handler_call_details.method != SUBMIT_METHOD:  # the other methods: protobuf alone
-            return handler
-        return grpc.stream_unary_rpc_method_handler(
-            handler.stream_unary,
-            request_deserializer=decode_submit,
-            response_serializer=handler.response_serializer,
-        )
+        if method == SUBMIT_METHOD and handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                handler.stream_unary,
+                request_deserializer=decode_submit,
+                response_serializer=handler.response_serializer,
+            )
+        if method in DOWNLOAD_METHODS and handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                handler.unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=encode_download,
+            )
+        return handler  # the other methods: protobuf alone
 
 
 class UploadSlots:
@@ -200,9 +215,9 @@ class FederationService(pb_grpc.FederationServiceServicer):
         return pb.GetTaskResponse(task=_task_to_pb(task))
 
     @_stream_errors
-    def Download(
+    def Download(  # type: ignore[override]  # Chunks, which ChunkMessages encodes
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadResponse]:
+    ) -> Iterator[Chunk]:
         require_site(context, request.site_id)
         self.orch.touch(request.site_id)
         path = self.orch.blob_path(request.digest)
@@ -303,9 +318,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
         return status_to_pb(self.orch.status())
 
     @_stream_errors
-    def DownloadModel(
+    def DownloadModel(  # type: ignore[override]  # Chunks, which ChunkMessages encodes
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadResponse]:
+    ) -> Iterator[Chunk]:
         require_admin(context)
         path = self.orch.current_model()
         yield from _chunks(iter_file_chunks(path, request.offset), path.stat().st_size)
