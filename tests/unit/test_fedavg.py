@@ -212,7 +212,8 @@ def test_axpy_adds_the_scaled_update_in_place() -> None:
 
 def test_sums_start_as_written_zeros_and_fold_exactly_as_a_first_scaling() -> None:
     """FedAvg allocates its sums when the round begins (the upload's map cannot become them);
-    a first fold into those zeros equals scaling the update, bit for bit."""
+    a first fold into those zeros equals scaling the update, bit for bit (no zero products
+    here: 0.0 + -0.0 would come out +0.0)."""
     rng = np.random.default_rng(1)
     update: StateDict = {
         "big": rng.standard_normal(50_000).astype(np.float32),  # BLAS axpy

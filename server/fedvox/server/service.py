@@ -114,8 +114,8 @@ class UploadSlots:
     A queued stream reads nothing more, so its client is held back by gRPC's flow-control
     window instead of filling our memory: peak memory is about `cap` payloads (each upload's
     journal file, mapped while it is checked and folded) plus a stream window per queued
-    upload, however many sites upload together. The most ever held is logged
-    as it rises, so that an operator (and the tests) can see the cap hold."""
+    upload, however many sites upload together. The most ever held is logged as it rises, so
+    that an operator (and the tests) can see the cap hold."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap

@@ -160,7 +160,8 @@ def zero_sums(schema: Schema) -> dict[str, np.ndarray]:
     A scheme allocates them when its round begins: the server folds each upload from a
     read-only map of its journal file, so none can become the sum, and sums allocated by the
     first fold would be written while that upload's pages are mapped, doubling its memory.
-    Folding into zeros rounds exactly as scaling does (0 + w*x is w*x)."""
+    Folding into zeros rounds exactly as scaling does: 0 + w*x is w*x (a zero product comes
+    out +0.0, as -0.0 + 0.0 is +0.0)."""
     sums = {}
     for name, spec in schema.items():
         dtype = DTYPES[spec.dtype] if DTYPES[spec.dtype].kind == "f" else np.dtype(np.float64)
