@@ -41,10 +41,10 @@ class Chunk(NamedTuple):
 
 def encode_submit(message: pb.SubmitRequest | Chunk) -> bytes:
     """gRPC's request serializer for Submit: a Chunk in protobuf's own bytes, one copy."""
-    if not isinstance(message, Chunk) or not _encodable(message):
-        if isinstance(message, Chunk):
-            message = _submit_protobuf(message)
+    if isinstance(message, pb.SubmitRequest):
         return message.SerializeToString()
+    if not _encodable(message):  # a negative number: protobuf's own ten-byte varint
+        return _submit_protobuf(message).SerializeToString()
     fields = _fields(message)
     size = len(fields) + len(message.data)
     return b"".join((bytes((_CHUNK,)), _varint(size), fields, message.data))
@@ -63,10 +63,10 @@ def decode_submit(raw: bytes) -> pb.SubmitRequest | Chunk:
 
 def encode_download(message: pb.DownloadResponse | Chunk) -> bytes:
     """gRPC's response serializer for Download and DownloadModel, as `encode_submit`."""
-    if not isinstance(message, Chunk) or not _encodable(message):
-        if isinstance(message, Chunk):
-            message = _download_protobuf(message)
+    if isinstance(message, pb.DownloadResponse):
         return message.SerializeToString()
+    if not _encodable(message):  # a negative number: protobuf's own ten-byte varint
+        return _download_protobuf(message).SerializeToString()
     total = bytes((_TOTAL,)) + _varint(message.total_size) if message.total_size else b""
     return b"".join((_fields(message), message.data, total))
 

@@ -249,9 +249,9 @@ class FederationService(pb_grpc.FederationServiceServicer):
             # written to the journal as it arrives, so that little is left to wait for
             staged = None if header.payload is Payload.NONE else self.orch.open_stage(header)
             try:
-                blob, tensors = self._receive(header, request_iterator, staged)
+                tensors = self._receive(header, request_iterator, staged)
                 counted = self.orch.accept(header, tensors, staged)
-                del blob, tensors  # the slot is free only once this map is
+                del tensors  # views of the journal file's map: the slot is free once it is
             finally:
                 if staged is not None:
                     staged.discard()  # a no-op once the result counted
@@ -273,11 +273,11 @@ class FederationService(pb_grpc.FederationServiceServicer):
         header: ResultHeader,
         messages: Iterator[pb.SubmitRequest | Chunk],
         staged: StagedBlob | None,
-    ) -> tuple[memoryview, StateDict]:
+    ) -> StateDict:
         if staged is None:  # an evaluation result (Payload.NONE) carries no blob
             if next(messages, None) is not None:
                 raise invalid("an evaluation result carries no chunks")
-            return memoryview(b""), {}
+            return {}
         checker = ChunkChecker(header.size, header.digest, max_chunk=self.max_chunk_bytes)
         for message in messages:
             chunk = as_chunk(message)
@@ -289,13 +289,12 @@ class FederationService(pb_grpc.FederationServiceServicer):
             except OSError as exc:
                 raise self.orch.journal_failed(header, exc) from None
         checker.finish()  # a transport failure here leaves the task open for a retry
-        blob = staged.mapped()
         try:
-            tensors = parse_safetensors(blob)
+            tensors = parse_safetensors(staged.mapped())
             check_finite(tensors)
         except WireError as exc:
             raise self.orch.refuse_content(header, exc) from None
-        return blob, tensors
+        return tensors
 
     @_rpc_errors
     def Heartbeat(
