@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from fedvox.wire.digest import hasher
 from fedvox.wire.errors import invalid
+from fedvox.wire.files import write_all
 
 Array = npt.NDArray[np.generic]
 StateDict = dict[str, Array]
@@ -117,13 +118,12 @@ def write_safetensors(tensors: Mapping[str, Array], path: Path) -> str:
     digest = hasher()
     digest.update(header)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header)
+    with open(tmp, "wb", buffering=0) as f:  # unbuffered: every write below is write_all's
+        write_all(f.fileno(), header)
         for array in arrays:
             view = memoryview(array.reshape(-1).view(np.uint8).data)
             digest.update(view)
-            f.write(view)
-        f.flush()
+            write_all(f.fileno(), view)
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return digest.hexdigest()

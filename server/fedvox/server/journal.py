@@ -31,6 +31,7 @@ from typing import Any
 
 from fedvox.server.strategies import Update
 from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
+from fedvox.wire.files import write_all
 from fedvox.wire.tensors import Array, StateDict, parse_safetensors
 
 
@@ -209,10 +210,8 @@ class StagedBlob:
             raise
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        self._written += len(view)
-        while view:  # os.write may write less than it was given
-            view = view[os.write(self._fd, view) :]
+        self._written += memoryview(data).nbytes
+        write_all(self._fd, data)  # a site may send chunks of up to 4 MiB
         if self._written - self._started >= _WRITEBACK_BYTES:
             _start_writeback(self._fd, self._started, self._written - self._started)
             self._started = self._written
