@@ -1,0 +1,149 @@
+"""What a write's size costs in the page cache: fedvox's 1 MiB writes against larger ones.
+
+Run from the repository root (docs/performance.md, section 1, has the figures):
+
+    .venv/bin/python -m benchmarks.page_cache --mb 19 --files 30 --pause-s 5
+
+No network and no server, in this process only, in the work folder (default: a temporary
+folder; pass --workdir to test the disk the server's state lives on):
+
+* `new files`: the payload written into --files new files per write size, which are all
+  kept until the end, as a round journal keeps its uploads. Sizes alternate file by file.
+  Only the writes are timed; each file is fsynced after them.
+* `after a pause`: one file written, removed and written again --rewrites times, --pause-s
+  seconds apart, per write size. A page freed this long ago may have been handed back to the
+  host by a virtual machine's balloon.
+* `checkpoint`: fedvox's `write_safetensors` (digest, 1 MiB writes, fsync) of the payload's
+  state dict, against the same bytes written one tensor per call, --files new files each,
+  alternating.
+
+Prints the median and worst milliseconds of each and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import transport as T  # noqa: N812 (its payload)
+from fedvox.wire.digest import hasher
+from fedvox.wire.files import WRITE_PIECE
+from fedvox.wire.tensors import to_safetensors, write_safetensors
+
+SIZES = (WRITE_PIECE, 2 * WRITE_PIECE, 4 * WRITE_PIECE)
+Row = dict[str, Any]
+
+
+def write_in(path: Path, data: bytes, size: int) -> float:
+    """Seconds to write `data` into a new file in writes of `size` bytes (then fsync it)."""
+    view = memoryview(data)
+    with open(path, "wb", buffering=0) as f:
+        started = time.perf_counter()
+        for start in range(0, len(view), size):
+            f.write(view[start : start + size])
+        seconds = time.perf_counter() - started
+        os.fsync(f.fileno())
+    return seconds
+
+
+def one_call_per_tensor(weights: T.Weights, path: Path) -> None:
+    """`write_safetensors` as it was until 2026-11-27: each tensor in a single write."""
+    blob = memoryview(to_safetensors(weights))
+    header = 8 + int.from_bytes(blob[:8], "little")
+    digest = hasher()
+    digest.update(blob)
+    with open(path, "wb") as f:
+        f.write(blob[:header])
+        start = header
+        for name in sorted(weights):  # the order to_safetensors lays them out in
+            end = start + weights[name].nbytes
+            f.write(blob[start:end])
+            start = end
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def summary(seconds: list[float]) -> Row:
+    return {"median_ms": statistics.median(seconds) * 1e3, "worst_ms": max(seconds) * 1e3}
+
+
+def new_files(data: bytes, folder: Path, count: int) -> dict[str, Row]:
+    times: dict[int, list[float]] = {size: [] for size in SIZES}
+    for i in range(count):
+        for size in SIZES:
+            times[size].append(write_in(folder / f"new-{size}-{i}.bin", data, size))
+    return {f"{size // WRITE_PIECE} MiB": summary(times[size]) for size in SIZES}
+
+
+def after_pause(data: bytes, folder: Path, rewrites: int, pause_s: float) -> dict[str, Row]:
+    rows = {}
+    for size in SIZES[:2]:
+        seconds = []
+        for _ in range(rewrites):
+            path = folder / f"pause-{size}.bin"
+            seconds.append(write_in(path, data, size))
+            path.unlink()
+            time.sleep(pause_s)
+        rows[f"{size // WRITE_PIECE} MiB"] = {
+            **summary(seconds),
+            "each_ms": [round(s * 1e3, 2) for s in seconds],
+        }
+    return rows
+
+
+def checkpoints(weights: T.Weights, folder: Path, count: int) -> dict[str, Row]:
+    writers: dict[str, Callable[[T.Weights, Path], object]] = {
+        "write_safetensors (1 MiB writes)": write_safetensors,
+        "one write per tensor": one_call_per_tensor,
+    }
+    times: dict[str, list[float]] = {name: [] for name in writers}
+    for i in range(count):
+        for j, (name, write) in enumerate(writers.items()):
+            started = time.perf_counter()
+            write(weights, folder / f"checkpoint-{j}-{i}.safetensors")
+            times[name].append(time.perf_counter() - started)
+    return {name: summary(seconds) for name, seconds in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=19.0, help="payload size in MB (1e6)")
+    parser.add_argument("--files", type=int, default=30, help="new files per write size")
+    parser.add_argument("--rewrites", type=int, default=6, help="rewrites per size, paused")
+    parser.add_argument("--pause-s", type=float, default=5.0, help="seconds between rewrites")
+    parser.add_argument("--workdir", type=Path, help="where the files go (default: temp)")
+    args = parser.parse_args(argv)
+    if args.mb <= 0 or args.files < 1 or args.rewrites < 1 or args.pause_s < 0:
+        parser.error("--mb, --files and --rewrites must be positive, --pause-s >= 0")
+    weights = T.make_weights(int(args.mb * T.MB))
+    data = np.random.default_rng(1).bytes(int(args.mb * T.MB))
+    with tempfile.TemporaryDirectory(prefix="fedvox-pages-", dir=args.workdir) as tmp:
+        folder = Path(tmp)
+        results = {
+            "new files": new_files(data, folder, args.files),
+            "after a pause": after_pause(data, folder, args.rewrites, args.pause_s),
+            "checkpoint": checkpoints(weights, folder, args.files),
+        }
+    print(f"{len(data):,} bytes; medians of {args.files} files, {args.rewrites} paused rewrites")
+    print(f"{'measurement':48} {'median ms':>10} {'worst ms':>9}")
+    for group, rows in results.items():
+        for name, row in rows.items():
+            label = f"{group}: {name}"
+            print(f"{label:48} {row['median_ms']:10.2f} {row['worst_ms']:9.2f}")
+    record = {"benchmark": "fedvox-page-cache", "payload_bytes": len(data), **vars(args)}
+    record["workdir"] = str(args.workdir or "")
+    print(json.dumps({**record, "results": results}, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
