@@ -150,6 +150,29 @@ def _rss(process: Any) -> tuple[int, int]:
     return int(info.rss), int(info.rss - info.shared)
 
 
+def _reset_peak(pid: int) -> bool:
+    """Set the kernel's peak-RSS mark of `pid` (VmHWM) to its RSS now; False where it cannot
+    (not Linux, or not allowed)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss(pid: int) -> int:
+    """The largest RSS of `pid` since `_reset_peak`, in bytes: the kernel's own mark, which a
+    sampler can miss between two samples (0 where unknown)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # in kB
+    return 0
+
+
 def _cpu(process: Any) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -194,7 +217,8 @@ class Transfer:
 
 
 class Measure:
-    """Times a block and samples both processes' RSS in a thread every `interval_s`."""
+    """Times a block and samples both processes' RSS in a thread every `interval_s`. The RSS
+    peaks are the kernel's peak-RSS marks where Linux gives them (exact), else the samples'."""
 
     def __init__(self, server_pid: int, interval_s: float) -> None:
         self.server = psutil.Process(server_pid)
@@ -206,6 +230,7 @@ class Measure:
         self._started = 0.0
         self._cpu = (0.0, 0.0)
         self._faults = (0, 0)
+        self._exact = (False, False)
 
     def _update(self) -> None:
         r = self.result
@@ -220,6 +245,7 @@ class Measure:
 
     def __enter__(self) -> Transfer:
         r = self.result
+        self._exact = (_reset_peak(self.server.pid), _reset_peak(self.client.pid))
         r.server_rss_before, r.server_anon_before = _rss(self.server)
         r.client_rss_before = _rss(self.client)[0]
         r.server_rss_peak, r.server_anon_peak = r.server_rss_before, r.server_anon_before
@@ -241,6 +267,10 @@ class Measure:
         self._stop.set()
         self._thread.join()
         self._update()
+        if self._exact[0]:
+            r.server_rss_peak = max(r.server_rss_peak, _peak_rss(self.server.pid))
+        if self._exact[1]:
+            r.client_rss_peak = max(r.client_rss_peak, _peak_rss(self.client.pid))
         r.server_cpu_s = _cpu(self.server) - self._cpu[0]
         r.client_cpu_s = _cpu(self.client) - self._cpu[1]
         r.server_faults = _minor_faults(self.server) - self._faults[0]
