@@ -1,8 +1,8 @@
-"""What a write's size costs in the page cache: fedvox's 1 MiB writes against larger ones.
+"""What memory touched for the first time costs: page-cache writes by size, buffers by page size.
 
 Run from the repository root (docs/performance.md, section 1, has the figures):
 
-    .venv/bin/python -m benchmarks.page_cache --mb 19 --files 30 --pause-s 5
+    .venv/bin/python -m benchmarks.first_touch --mb 19 --files 30 --pause-s 5
 
 No network and no server, in this process only, in the work folder (default: a temporary
 folder; pass --workdir to test the disk the server's state lives on):
@@ -16,6 +16,10 @@ folder; pass --workdir to test the disk the server's state lives on):
 * `checkpoint`: fedvox's `write_safetensors` (digest, 1 MiB writes, fsync) of the payload's
   state dict, against the same bytes written one tensor per call, --files new files each,
   alternating.
+* `buffer`: a new anonymous memory map of each --buffer-mb size, filled with 1 MiB copies
+  and unmapped, --rewrites times, --pause-s seconds apart: once asking the kernel for 2 MiB
+  pages (MADV_HUGEPAGE, as a site's Download buffer does) and once with 4 KiB pages,
+  alternating. Times include the map and the unmap.
 
 Prints the median and worst milliseconds of each and ends with one JSON line.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import statistics
 import tempfile
@@ -114,6 +119,36 @@ def checkpoints(weights: T.Weights, folder: Path, count: int) -> dict[str, Row]:
     return {name: summary(seconds) for name, seconds in times.items()}
 
 
+def fill_buffer(data: bytes, huge: bool) -> float:
+    """Seconds to map a new anonymous buffer of len(data), copy `data` in and unmap it."""
+    started = time.perf_counter()
+    memory = mmap.mmap(-1, len(data), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if huge:
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    with memoryview(memory) as view:
+        for start in range(0, len(data), WRITE_PIECE):
+            view[start : start + WRITE_PIECE] = data[start : start + WRITE_PIECE]
+    memory.close()
+    return time.perf_counter() - started
+
+
+def buffers(sizes_mb: list[float], rewrites: int, pause_s: float) -> dict[str, Row]:
+    rows = {}
+    for mb in sizes_mb:
+        data = np.random.default_rng(2).bytes(int(mb * T.MB))
+        seconds: dict[str, list[float]] = {"2 MiB pages": [], "4 KiB pages": []}
+        for _ in range(rewrites):
+            seconds["2 MiB pages"].append(fill_buffer(data, huge=True))
+            seconds["4 KiB pages"].append(fill_buffer(data, huge=False))
+            time.sleep(pause_s)
+        for pages, times in seconds.items():
+            rows[f"{mb:g} MB, {pages}"] = {
+                **summary(times),
+                "each_ms": [round(s * 1e3, 2) for s in times],
+            }
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=19.0, help="payload size in MB (1e6)")
@@ -121,17 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewrites", type=int, default=6, help="rewrites per size, paused")
     parser.add_argument("--pause-s", type=float, default=5.0, help="seconds between rewrites")
     parser.add_argument("--workdir", type=Path, help="where the files go (default: temp)")
+    parser.add_argument(
+        "--buffer-mb", type=float, nargs="+", default=[19.0, 256.0], help="buffer sizes in MB"
+    )
     args = parser.parse_args(argv)
-    if args.mb <= 0 or args.files < 1 or args.rewrites < 1 or args.pause_s < 0:
-        parser.error("--mb, --files and --rewrites must be positive, --pause-s >= 0")
+    if min(args.mb, *args.buffer_mb) <= 0 or args.files < 1 or args.rewrites < 1:
+        parser.error("--mb, --buffer-mb, --files and --rewrites must be positive")
+    if args.pause_s < 0:
+        parser.error("--pause-s must be >= 0")
     weights = T.make_weights(int(args.mb * T.MB))
     data = np.random.default_rng(1).bytes(int(args.mb * T.MB))
-    with tempfile.TemporaryDirectory(prefix="fedvox-pages-", dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedvox-first-touch-", dir=args.workdir) as tmp:
         folder = Path(tmp)
         results = {
             "new files": new_files(data, folder, args.files),
             "after a pause": after_pause(data, folder, args.rewrites, args.pause_s),
             "checkpoint": checkpoints(weights, folder, args.files),
+            "buffer": buffers(args.buffer_mb, args.rewrites, args.pause_s),
         }
     print(f"{len(data):,} bytes; medians of {args.files} files, {args.rewrites} paused rewrites")
     print(f"{'measurement':48} {'median ms':>10} {'worst ms':>9}")
@@ -139,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in rows.items():
             label = f"{group}: {name}"
             print(f"{label:48} {row['median_ms']:10.2f} {row['worst_ms']:9.2f}")
-    record = {"benchmark": "fedvox-page-cache", "payload_bytes": len(data), **vars(args)}
+    record = {"benchmark": "fedvox-first-touch", "payload_bytes": len(data), **vars(args)}
     record["workdir"] = str(args.workdir or "")
     print(json.dumps({**record, "results": results}, separators=(",", ":")))
     return 0
