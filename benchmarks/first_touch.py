@@ -60,21 +60,24 @@ def write_in(path: Path, data: bytes, size: int) -> float:
     return seconds
 
 
-def one_call_per_tensor(weights: T.Weights, path: Path) -> None:
-    """`write_safetensors` as it was until 2026-11-27: each tensor in a single write."""
-    blob = memoryview(to_safetensors(weights))
+def one_call_per_tensor(blob: memoryview, sizes: list[int], path: Path) -> None:
+    """`write_safetensors` as it was until 2026-11-27: the digest, the header and then each
+    tensor in a single write, fsync, rename. `blob` is the file's bytes, serialised untimed,
+    and `sizes` its tensors' sizes in file order."""
     header = 8 + int.from_bytes(blob[:8], "little")
     digest = hasher()
-    digest.update(blob)
-    with open(path, "wb") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        digest.update(blob[:header])
         f.write(blob[:header])
         start = header
-        for name in sorted(weights):  # the order to_safetensors lays them out in
-            end = start + weights[name].nbytes
-            f.write(blob[start:end])
-            start = end
+        for size in sizes:
+            digest.update(blob[start : start + size])
+            f.write(blob[start : start + size])
+            start += size
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def summary(seconds: list[float]) -> Row:
@@ -106,15 +109,17 @@ def after_pause(data: bytes, folder: Path, rewrites: int, pause_s: float) -> dic
 
 
 def checkpoints(weights: T.Weights, folder: Path, count: int) -> dict[str, Row]:
-    writers: dict[str, Callable[[T.Weights, Path], object]] = {
-        "write_safetensors (1 MiB writes)": write_safetensors,
-        "one write per tensor": one_call_per_tensor,
+    blob = memoryview(to_safetensors(weights))
+    sizes = [weights[name].nbytes for name in sorted(weights)]  # to_safetensors' order
+    writers: dict[str, Callable[[Path], object]] = {
+        "write_safetensors (1 MiB writes)": lambda path: write_safetensors(weights, path),
+        "one write per tensor": lambda path: one_call_per_tensor(blob, sizes, path),
     }
     times: dict[str, list[float]] = {name: [] for name in writers}
     for i in range(count):
         for j, (name, write) in enumerate(writers.items()):
             started = time.perf_counter()
-            write(weights, folder / f"checkpoint-{j}-{i}.safetensors")
+            write(folder / f"checkpoint-{j}-{i}.safetensors")
             times[name].append(time.perf_counter() - started)
     return {name: summary(seconds) for name, seconds in times.items()}
 

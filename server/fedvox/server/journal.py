@@ -31,7 +31,7 @@ from typing import Any
 
 from fedvox.server.strategies import Update
 from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
-from fedvox.wire.files import write_all
+from fedvox.wire.files import fsync_dir, write_all
 from fedvox.wire.tensors import Array, StateDict, parse_safetensors
 
 
@@ -75,6 +75,7 @@ class RoundJournal:
         shutil.rmtree(path, ignore_errors=True)  # an abandoned attempt's leftovers
         path.mkdir(parents=True)
         _write_atomic(path / "round.json", json.dumps(plan).encode())
+        fsync_dir(root)  # the round's folder itself
         return RoundJournal(path, plan)
 
     @staticmethod
@@ -294,9 +295,12 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 
 def _write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write `path` whole or not at all, durably: its directory is fsynced too, which also
+    makes every earlier rename in it durable (a result's blob before its header)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
