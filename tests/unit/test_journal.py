@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +138,25 @@ def test_a_staged_blob_reserves_its_size_and_a_full_disk_refuses_it_at_once(
     with pytest.raises(OSError):  # more than any disk holds: refused before the first chunk
         journal.open_stage(1 << 60)
     assert sorted(p.name for p in journal.path.iterdir()) == ["round.json"]
+
+
+def test_an_accepted_result_and_a_new_round_survive_a_power_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename is durable only once its directory is fsynced: the journal fsyncs the round's
+    folder after a result's header appears in it, and the root after the round's folder."""
+    real_fsync = os.fsync
+    synced_dirs: list[tuple[int, bool]] = []  # (inode, whether site-a's header existed then)
+
+    def recording_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            header = tmp_path / "round-000003" / "site-a.json"
+            synced_dirs.append((info.st_ino, header.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    journal = RoundJournal.create(tmp_path, 3, PLAN)
+    assert (tmp_path.stat().st_ino, False) in synced_dirs
+    spill(journal, "site-a", [1.0])
+    assert (journal.path.stat().st_ino, True) in synced_dirs

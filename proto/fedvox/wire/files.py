@@ -1,8 +1,10 @@
-"""Writing large buffers to files in pieces the page cache handles cheaply."""
+"""Writing files: large buffers in pieces the page cache handles cheaply, and directories
+synced so that a rename survives a power cut."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Writes of at most 1 MiB: Linux's ext4 puts a larger write in page-cache folios of up to
 # 2 MiB, and on a virtual machine whose balloon hands free 2 MiB blocks back to the host, each
@@ -16,3 +18,13 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:  # os.write may write less than it was given
         view = view[os.write(fd, view[:WRITE_PIECE]) :]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` durable: a file created or renamed in it is not
+    found again after a power cut or an OS crash until its directory has been fsynced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -180,9 +179,7 @@ class Orchestrator:
         self.upload_schema = {**self.schema, **self.strategy.upload_extras(self.schema)}
 
     def _save_history(self) -> None:
-        tmp = self._history_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.history, indent=2))
-        os.replace(tmp, self._history_path)
+        write_json_atomic(self._history_path, self.history)
 
     # ---- called by service threads ----
 

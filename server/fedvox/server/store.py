@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
+from fedvox.wire.files import fsync_dir
 from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,11 @@ class Store:
             )
             meta["publish_size"] = (tmp / "publish.safetensors").stat().st_size
         _write_json(tmp / "round.json", meta)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # a rerun of a round whose checkpoint a crash left behind
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.checkpoints)
+        fsync_dir(self.checkpoints)
         checkpoint = Checkpoint(round_, final, meta)
         self._register(checkpoint)
         log.info("checkpoint: round %d written to %s (digest %s)", round_, final, digest[:12])
@@ -164,7 +165,7 @@ def _upgrade_digests(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
             meta[key] = file_digest(path / name)
     _write_json(path / "round.json.tmp", meta)
     os.replace(path / "round.json.tmp", path / "round.json")
-    _fsync_dir(path)
+    fsync_dir(path)
     log.info("checkpoint: %s re-digested with %s (it was written with sha256)", path, ALGORITHM)
     return meta
 
@@ -174,11 +175,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
