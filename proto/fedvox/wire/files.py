@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Writes of at most 1 MiB: Linux's ext4 puts a larger write in page-cache folios of up to
-# 2 MiB, and on a virtual machine whose balloon hands free 2 MiB blocks back to the host, each
-# such folio is backed again by the host when first written. Here that made 19 MB in 2 MiB
-# writes take 45 to 49 ms instead of 2.4 ms (docs/performance.md, section 1).
+# Writes of at most 1 MiB: Linux's ext4 can put a larger write in page-cache folios of 2 MiB,
+# and on a virtual machine whose balloon hands free 2 MiB blocks back to the host, such a
+# folio is, it seems, backed again by the host when first written. On the development VM,
+# 19 MB in 2 MiB writes took about 45 ms instead of 3.7 (docs/performance.md, section 1).
 WRITE_PIECE = 1024 * 1024
 
 

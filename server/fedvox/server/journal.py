@@ -6,10 +6,10 @@ Layout: <state>/journal/round-NNNNNN/
     <site>.json           its header; written last, so its presence means "accepted"
 
 A result counts only once its files, and the folder's entries for them, are fsynced
-here, so a power cut or an OS crash loses no acknowledged result. A server killed at any point
-reopens the round from this folder with the same task ids, so results already
-accepted are neither lost nor counted twice, and sites still working on the round
-can finish and submit as if nothing happened.
+here, so a power cut or an OS crash loses no acknowledged result. A server killed at
+any point reopens the round from this folder with the same task ids, so results
+already accepted are neither lost nor counted twice, and sites still working on the
+round can finish and submit as if nothing happened.
 
 Streaming schemes fold the spilled updates in sorted site order (so the result does
 not depend on arrival order), and batch schemes read them back one tensor at a time
