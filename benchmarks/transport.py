@@ -483,7 +483,8 @@ def grpc_floor_server(ready: multiprocessing.connection.Connection, max_bytes: i
 class GrpcFloor:
     """Client side of the gRPC floor: fedvox's messages, received into a resident buffer."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunk_size = chunk_size
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self.process = context.Process(
@@ -505,7 +506,8 @@ class GrpcFloor:
     def send(self, data: bytes) -> None:
         """Submit `data` to the no-op server (the upload, without measuring)."""
         header = pb.SubmitHeader(site_id="floor", size=len(data))
-        response = self.connection.submit(header, data)  # the messages a site sends
+        # the messages a site sends
+        response = self.connection.submit(header, data, **_chunking(self.chunk_size))
         if response.message != str(len(data)):
             raise RuntimeError(f"gRPC floor received {response.message} of {len(data)} bytes")
 
@@ -624,8 +626,19 @@ def _wait_for_tasks(
     return found
 
 
+def _chunking(chunk_size: int) -> dict[str, int]:
+    """`Connection.submit`'s keyword for --chunk-kb: none at the default, so that the benchmark
+    still runs against fedvox trees older than the keyword."""
+    return {} if chunk_size == CHUNK_SIZE else {"chunk_size": chunk_size}
+
+
 def _submit(
-    site: Connection, task: pb.Task, kind: int, blob: bytes, digest: str
+    site: Connection,
+    task: pb.Task,
+    kind: int,
+    blob: bytes,
+    digest: str,
+    chunk_size: int = CHUNK_SIZE,
 ) -> pb.SubmitResponse:
     header = pb.SubmitHeader(
         site_id=site.site_id,
@@ -638,7 +651,7 @@ def _submit(
         size=len(blob),
         local_steps=1,
     )
-    return site.submit(header, blob)
+    return site.submit(header, blob, **_chunking(chunk_size))
 
 
 def _check(response: pb.SubmitResponse, what: str) -> None:
@@ -656,7 +669,9 @@ class FedvoxRun:
     upload_second: Transfer  # second DELTA of round 1
 
 
-def fedvox_run(payload: Payload, workdir: Path, name: str, interval_s: float) -> FedvoxRun:
+def fedvox_run(
+    payload: Payload, workdir: Path, name: str, interval_s: float, chunk_size: int = CHUNK_SIZE
+) -> FedvoxRun:
     with fedvox_server(workdir, name) as (process, address):
         sites = [Connection(address, f"bench-{i}", give_up_after_s=10.0) for i in range(NUM_SITES)]
         try:
@@ -666,7 +681,12 @@ def fedvox_run(payload: Payload, workdir: Path, name: str, interval_s: float) ->
             with Measure(process.pid, interval_s) as init_round:
                 with Measure(process.pid, interval_s) as init:
                     response = _submit(
-                        sites[index], task, pb.PAYLOAD_KIND_FULL, payload.full, payload.full_digest
+                        sites[index],
+                        task,
+                        pb.PAYLOAD_KIND_FULL,
+                        payload.full,
+                        payload.full_digest,
+                        chunk_size,
                     )
                 _check(response, "INIT upload")
                 train = _wait_for_tasks(sites, pb.TASK_TYPE_TRAIN, NUM_SITES)
@@ -690,6 +710,7 @@ def fedvox_run(payload: Payload, workdir: Path, name: str, interval_s: float) ->
                         pb.PAYLOAD_KIND_DELTA,
                         payload.delta,
                         payload.delta_digest,
+                        chunk_size,
                     )
                 _check(response, f"DELTA upload {i + 1}")
                 uploads.append(up)
@@ -791,6 +812,7 @@ def measure_size(
     repeats: int,
     workdir: Path,
     interval_s: float,
+    chunk_size: int = CHUNK_SIZE,
 ) -> SizeFigures:
     runs: dict[str, list[Transfer]] = {k: [] for k in LABELS}
     for r in range(repeats):
@@ -800,7 +822,7 @@ def measure_size(
         runs["floor_down"].append(_best(lambda: floor.download(payload.size, interval_s)))
         runs["digest"].append(_best(lambda: digest_only(payload.delta)))
         runs["persist"].append(_best(lambda: digest_and_persist(payload.delta, workdir)))
-        run = fedvox_run(payload, workdir, f"{payload.mb:g}mb-{r}", interval_s)
+        run = fedvox_run(payload, workdir, f"{payload.mb:g}mb-{r}", interval_s, chunk_size)
         runs["download"].append(run.download)
         runs["download_second"].append(run.download_second)
         runs["upload"].append(run.upload)
@@ -902,9 +924,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sample-ms", type=float, default=5.0, help="RSS sampling interval in milliseconds"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
+    parser.add_argument(
+        "--chunk-kb",
+        type=int,
+        default=CHUNK_SIZE // 1024,
+        help="KiB per Submit message, for the sites and the gRPC floor (default: fedvox's)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or any(mb <= 0 for mb in args.mb):
-        parser.error("--repeats and --mb must be positive")
+    if args.repeats < 1 or args.chunk_kb < 1 or any(mb <= 0 for mb in args.mb):
+        parser.error("--repeats, --chunk-kb and --mb must be positive")
+    chunk_size = args.chunk_kb * 1024
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     logging.getLogger("fedvox.client.connection").setLevel(logging.INFO)  # show any retry
@@ -913,7 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payloads = [make_payload(mb) for mb in args.mb]
     biggest = max(payloads, key=lambda p: p.size)
     raw = RawTcp(biggest.size)
-    floor = GrpcFloor(biggest.size)
+    floor = GrpcFloor(biggest.size, chunk_size)
     results: list[SizeFigures] = []
     try:
         with tempfile.TemporaryDirectory(prefix="fedvox-bench-", dir=args.workdir) as tmp:
@@ -922,7 +951,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warm_up.download(biggest.size, interval_s)
             for payload in payloads:
                 results.append(
-                    measure_size(payload, raw, floor, args.repeats, Path(tmp), interval_s)
+                    measure_size(
+                        payload, raw, floor, args.repeats, Path(tmp), interval_s, chunk_size
+                    )
                 )
     finally:
         floor.close()
@@ -931,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"fedvox transport benchmark: python {platform.python_version()}, "
         f"grpcio {grpc.__version__}, {os.cpu_count()} CPUs, {args.repeats} repeats, "
-        f"RSS sampled every {args.sample_ms:g} ms"
+        f"RSS sampled every {args.sample_ms:g} ms, uploads in {args.chunk_kb} KiB chunks"
     )
     for figures in results:
         print_table(figures, print)
@@ -939,6 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "fedvox-transport",
         "repeats": args.repeats,
         "sample_ms": args.sample_ms,
+        "upload_chunk_kb": args.chunk_kb,
         "python": platform.python_version(),
         "grpc": grpc.__version__,
         "protobuf": _version("protobuf"),

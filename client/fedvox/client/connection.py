@@ -21,7 +21,7 @@ from fedvox.wire.chunk_messages import (
     download_chunk,
     encode_submit,
 )
-from fedvox.wire.chunks import BlobAssembler, iter_buffer_chunks
+from fedvox.wire.chunks import CHUNK_SIZE, BlobAssembler, iter_buffer_chunks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,12 +35,21 @@ RETRYABLE = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+# RESOURCE_EXHAUSTED also says that a message or upload is over one of the server's caps
+# (fedvox's own wording, then gRPC's): the same call would be refused again, so it is final
+_OVER_A_CAP = ("exceeds the cap of", "larger than max")
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 ]
+
+
+def _retryable(code: grpc.StatusCode, details: str) -> bool:
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return not any(phrase in details for phrase in _OVER_A_CAP)
+    return code in RETRYABLE
 
 
 class ServerUnreachable(Exception):
@@ -88,7 +97,7 @@ class Connection:
                 return call()
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code not in RETRYABLE:
+                if not _retryable(code, exc.details() or ""):
                     raise
                 if time.monotonic() - started > self.give_up_after_s:
                     raise ServerUnreachable(
@@ -135,12 +144,20 @@ class Connection:
         self.retrying(f"download {digest[:12]}", fetch)
         return assembler.finish()
 
-    def submit(self, header: pb.SubmitHeader, blob: bytes) -> pb.SubmitResponse:
-        """Upload a result; safe to retry because the server accepts a task's result once."""
+    def submit(
+        self, header: pb.SubmitHeader, blob: bytes, *, chunk_size: int = CHUNK_SIZE
+    ) -> pb.SubmitResponse:
+        """Upload a result; safe to retry because the server accepts a task's result once.
+
+        `chunk_size`: bytes per message, at most the server's `max_chunk_kb`. Smaller chunks
+        leave less in the server's gRPC buffers and cost throughput (docs/performance.md,
+        section 1, "Chunk size")."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size}")
 
         def messages() -> Iterator[pb.SubmitRequest | Chunk]:
             yield pb.SubmitRequest(header=header)
-            for offset, data in iter_buffer_chunks(blob):
+            for offset, data in iter_buffer_chunks(blob, chunk_size=chunk_size):
                 yield Chunk(offset, data)
 
         return self.retrying(
