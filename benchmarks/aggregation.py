@@ -19,6 +19,9 @@ torch), so its peak RSS belongs to that scheme and N alone:
 * `fedavg-spilled`: the same fold for updates that arrived out of order and wait in the
   journal: `FedAvg.accept(entry.load())` over memory maps of the spilled blobs (timed,
   including the map and the header parse), in sorted site order;
+* `fedavg-drain`: the same folds back to back, as the orchestrator's `_fold_ready` runs
+  them when the site that held them up answers or the round closes: the floors once, then
+  all N (timed as a whole; per update = total / N);
 * `median`: a batch scheme, `Median.aggregate(SpilledUpdateSet(entries))` with
   byzantine=0 (the coordinate-wise median itself, without the default Krum pre-selection,
   whose cost is Krum's), which reads every spilled blob one tensor of all sites at a time
@@ -77,7 +80,7 @@ from fedvox.wire.digest import digest_hex
 from fedvox.wire.tensors import StateDict, check_finite, parse_safetensors, to_safetensors
 
 MB = 1_000_000
-SCHEMES = ("fedavg-fresh", "fedavg-spilled", "median", "median-krum")
+SCHEMES = ("fedavg-fresh", "fedavg-spilled", "fedavg-drain", "median", "median-krum")
 TARGET_MS = 1.5  # FedAvg per 19 MB update
 TARGET_RSS_SLACK_X = 0.25  # RSS "independent of N": growth(N max) <= growth(N min) + 0.25 x model
 GLOBAL = "global.safetensors"
@@ -218,6 +221,17 @@ def child(scheme: str, root: Path, sample_ms: float, rounds: int) -> dict[str, A
             start = time.perf_counter()
             result = median.aggregate(SpilledUpdateSet(entries))
             fold_ms[-1].append(_ms(start) / n)
+        elif scheme == "fedavg-drain":
+            fedavg = FedAvg()
+            fedavg.begin(global_weights, context)
+            floor()
+            start = time.perf_counter()
+            for entry in entries:  # back to back, as the orchestrator's _fold_ready runs them
+                fedavg.accept(entry.load())
+            fold_ms[-1].append(_ms(start) / n)
+            start = time.perf_counter()
+            result = fedavg.finish()
+            finish_ms.append(_ms(start))
         else:
             fedavg = FedAvg()
             fedavg.begin(global_weights, context)
