@@ -72,6 +72,8 @@ class Connection:
         self.give_up_after_s = give_up_after_s
         self.max_backoff_s = max_backoff_s
         self.channel = open_channel(address, tls, _OPTIONS)
+        # bytes per Submit message; Register lowers it to the server's cap where that is lower
+        self.upload_chunk_size = CHUNK_SIZE
         self.stub = pb_grpc.FederationServiceStub(self.channel)
         # Submit's chunks encoded straight from the blob, Download's read as views into gRPC's
         # messages (fedvox.wire.chunk_messages)
@@ -117,7 +119,10 @@ class Connection:
 
     def register(self, num_examples: int, info: dict[str, str]) -> pb.RegisterResponse:
         request = pb.RegisterRequest(site_id=self.site_id, num_examples=num_examples, info=info)
-        return self.retrying("register", lambda: self.stub.Register(request, timeout=30))
+        reply = self.retrying("register", lambda: self.stub.Register(request, timeout=30))
+        if reply.max_chunk_bytes:  # 0: a server that does not say
+            self.upload_chunk_size = min(CHUNK_SIZE, reply.max_chunk_bytes)
+        return reply
 
     def get_task(self, poll_timeout_s: float) -> pb.GetTaskResponse:
         request = pb.GetTaskRequest(site_id=self.site_id)
@@ -145,13 +150,15 @@ class Connection:
         return assembler.finish()
 
     def submit(
-        self, header: pb.SubmitHeader, blob: bytes, *, chunk_size: int = CHUNK_SIZE
+        self, header: pb.SubmitHeader, blob: bytes, *, chunk_size: int | None = None
     ) -> pb.SubmitResponse:
         """Upload a result; safe to retry because the server accepts a task's result once.
 
-        `chunk_size`: bytes per message, at most the server's `max_chunk_kb`. Smaller chunks
-        leave less in the server's gRPC buffers and cost throughput (docs/performance.md,
-        section 1, "Chunk size")."""
+        `chunk_size`: bytes per message; by default `upload_chunk_size`, 1 MiB or the server's
+        `max_chunk_kb` if that is lower. Smaller chunks leave less in the server's gRPC buffers
+        and cost throughput (docs/performance.md, section 1, "Chunk size")."""
+        if chunk_size is None:
+            chunk_size = self.upload_chunk_size
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size}")
 

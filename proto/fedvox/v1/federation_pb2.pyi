@@ -51,12 +51,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., info: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("federation_id", "heartbeat_interval_seconds")
+    __slots__ = ("federation_id", "heartbeat_interval_seconds", "max_chunk_bytes")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     heartbeat_interval_seconds: float
-    def __init__(self, federation_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    max_chunk_bytes: int
+    def __init__(self, federation_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("site_id",)

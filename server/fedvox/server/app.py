@@ -23,7 +23,6 @@ from fedvox.server.store import Store
 from fedvox.server.strategies import create
 from fedvox.v1 import federation_pb2 as pb
 from fedvox.v1 import federation_pb2_grpc as pb_grpc
-from fedvox.wire.chunks import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 _STREAM_WINDOW = 1024 * 1024
@@ -52,13 +51,6 @@ def start(config: ServerConfig) -> RunningServer:
     store = Store(Path(config.state_dir))
     orchestrator = Orchestrator(config, store, create(config.strategy, config.strategy_params))
     max_chunk = config.max_chunk_kb * 1024
-    if max_chunk < CHUNK_SIZE:  # a valid setting for other clients, but not for fedvox's sites
-        log.warning(
-            "server: max_chunk_kb=%d is below the %d KiB chunks fedvox sites upload in: their "
-            "uploads will be refused (RESOURCE_EXHAUSTED)",
-            config.max_chunk_kb,
-            CHUNK_SIZE // 1024,
-        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         interceptors=[ChunkMessages()],

@@ -200,6 +200,7 @@ class FederationService(pb_grpc.FederationServiceServicer):
         return pb.RegisterResponse(
             federation_id=self.orch.federation_id,
             heartbeat_interval_seconds=self.heartbeat_interval_s,
+            max_chunk_bytes=self.max_chunk_bytes,
         )
 
     @_rpc_errors
