@@ -31,7 +31,8 @@ torch), so its peak RSS belongs to that scheme and N alone:
   the pre-selection needs N > 4, so at N = 2 it is the plain median.
 
 Each child runs --rounds rounds (default 3) back to back, as a server does, and times every
-update of every round. Before each timed update it times two floors in the same process:
+update of every round. Before each timed update (before each round's batch for
+`fedavg-drain` and the medians) it times two floors in the same process:
 the memory-bandwidth floor `a += b` on contiguous 19.2 MB float32 arrays (one numpy call;
 `b` cycles through a ring of three, larger than the L3 cache, so that it comes from memory
 as an update does), and the weighted floor `a += w * b` in the fastest numpy form without a
