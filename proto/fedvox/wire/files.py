@@ -1,5 +1,5 @@
-"""Writing files: large buffers in pieces the page cache handles cheaply, and directories
-synced so that a rename survives a power cut."""
+"""Writing files: large buffers in pieces the page cache handles cheaply, small files whole
+or not at all, and directories synced so that a rename survives a power cut."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:  # os.write may write less than it was given
         view = view[os.write(fd, view[:WRITE_PIECE]) :]
+
+
+def write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write `path` whole or not at all, durably: its directory is fsynced too, which also
+    makes every earlier rename in it durable (a journal's blob before its header)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

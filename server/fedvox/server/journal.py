@@ -32,7 +32,7 @@ from typing import Any
 
 from fedvox.server.strategies import Update
 from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
-from fedvox.wire.files import fsync_dir, write_all
+from fedvox.wire.files import fsync_dir, write_all, write_atomic
 from fedvox.wire.tensors import Array, StateDict, parse_safetensors
 
 
@@ -75,7 +75,7 @@ class RoundJournal:
         path = root / f"round-{round_:06d}"
         shutil.rmtree(path, ignore_errors=True)  # an abandoned attempt's leftovers
         path.mkdir(parents=True)
-        _write_atomic(path / "round.json", json.dumps(plan).encode())
+        write_atomic(path / "round.json", json.dumps(plan).encode())
         fsync_dir(root)  # the round's folder itself
         return RoundJournal(path, plan)
 
@@ -169,7 +169,7 @@ class RoundJournal:
             "digest": digest,
             "digest_algorithm": ALGORITHM,
         }
-        _write_atomic(self.path / f"{site_id}.json", json.dumps(meta).encode())
+        write_atomic(self.path / f"{site_id}.json", json.dumps(meta).encode())
         self.entries[site_id] = entry
         return entry
 
@@ -179,7 +179,7 @@ class RoundJournal:
         OSError leaves the refusal recorded in memory only)."""
         self.refusals[site_id] = reason
         record = {"site_id": site_id, "task_id": task_id, "reason": reason}
-        _write_atomic(self.path / f"{site_id}.refused", json.dumps(record).encode())
+        write_atomic(self.path / f"{site_id}.refused", json.dumps(record).encode())
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -292,16 +292,4 @@ class SpilledUpdateSet:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    _write_atomic(path, json.dumps(data, indent=1).encode())
-
-
-def _write_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:
-    """Write `path` whole or not at all, durably: its directory is fsynced too, which also
-    makes every earlier rename in it durable (a result's blob before its header)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(data, indent=1).encode())

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvox.wire.digest import ALGORITHM, LEGACY_ALGORITHM, file_digest
-from fedvox.wire.files import fsync_dir
+from fedvox.wire.files import fsync_dir, write_atomic
 from fedvox.wire.tensors import StateDict, parse_safetensors, write_safetensors
 
 log = logging.getLogger(__name__)
@@ -163,15 +163,17 @@ def _upgrade_digests(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     ):
         if key in meta:
             meta[key] = file_digest(path / name)
-    _write_json(path / "round.json.tmp", meta)
-    os.replace(path / "round.json.tmp", path / "round.json")
-    fsync_dir(path)
+    write_atomic(path / "round.json", _json_bytes(meta))
     log.info("checkpoint: %s re-digested with %s (it was written with sha256)", path, ALGORITHM)
     return meta
 
 
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+    with open(path, "wb") as f:
+        f.write(_json_bytes(data))
         f.flush()
         os.fsync(f.fileno())
